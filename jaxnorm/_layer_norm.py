@@ -1,0 +1,123 @@
+"""LayerNorm and RMSNorm: statistics over the feature axes of each position."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxnorm import _validate as v
+from jaxnorm._implementation import resolve_implementation
+from jaxnorm._normalize import NormSpec, normalize
+from jaxnorm._params import expand_to
+from jaxnorm._stats import Reduction
+
+__all__ = ["layer_norm", "rms_norm"]
+
+
+def _prepare(fn, x, params, axis, epsilon, where, implementation):
+    """Validate the common arguments; return x, expanded params, axes, mask, ε."""
+    x = v.check_floating(fn, x)
+    if x.ndim < 1:
+        raise ValueError(
+            f"{fn}: expected an input of rank >= 1, got a scalar of shape (); "
+            f"normalize an array of features, e.g. x[None]"
+        )
+    axes = v.canonical_axes(fn, axis, x.ndim, x.shape)
+    epsilon = v.check_epsilon(fn, epsilon)
+    resolve_implementation(fn, implementation)
+    normalized = tuple(x.shape[a] for a in axes)
+    allowed = {"the normalized axes' shape": normalized}
+    per_example = 0 not in axes and x.ndim > len(axes)
+    if per_example:
+        allowed["per example"] = (x.shape[0],) + normalized
+    expanded = []
+    for name, p in params.items():
+        p, kind = v.check_param(fn, name, p, allowed, x.shape)
+        positions = axes if kind != "per example" else (0,) + axes
+        expanded.append(expand_to(p, x.ndim, positions))
+    mask = v.check_where(fn, where, x.shape)
+    return x, expanded, axes, mask, epsilon
+
+
+def layer_norm(
+    x,
+    scale=None,
+    bias=None,
+    *,
+    axis=-1,
+    epsilon: float = 1e-5,
+    where=None,
+    implementation=None,
+) -> jax.Array:
+    """Layer normalization (Ba, Kiros & Hinton 2016).
+
+    ``y = (x − E[x]) / sqrt(Var[x] + ε) · scale + bias``, with the mean and
+    the biased variance taken over ``axis`` at every other index (so any
+    number of leading axes is fine). Statistics are exact and in at least
+    float32 (see :mod:`jaxnorm._stats`); the output has ``x``'s dtype.
+
+    Args:
+      x: floating array.
+      scale: None, or an array with the shape of the normalized axes
+        (``x.shape[axis]`` for a single axis), or a per-example one with
+        ``x.shape[0]`` prepended: conditional LayerNorm (FiLM/AdaLN) with no
+        extra function.
+      bias: like ``scale``.
+      axis: int or sequence of ints to normalize over (default the last).
+      epsilon: added to the variance inside the square root.
+      where: optional boolean mask of ``x``'s rank, each axis equal to
+        ``x``'s or 1. False entries are left out of the statistics (even if
+        they hold NaN) and their outputs are 0.
+      implementation: None (automatic), ``"xla"``, or ``"triton"``.
+
+    Returns:
+      The normalized array, same shape and dtype as ``x``.
+
+    Raises:
+      TypeError: for integer inputs or parameters.
+      ValueError: for axes out of range or repeated, parameters or masks of
+        the wrong shape, a negative epsilon, an unknown implementation.
+    """
+    fn = "layer_norm"
+    x, (scale, bias), axes, mask, epsilon = _prepare(
+        fn, x, {"scale": scale, "bias": bias}, axis, epsilon, where, implementation
+    )
+    spec = NormSpec(Reduction(axes), epsilon, center=True)
+    return normalize(x, scale, bias, mask, spec)
+
+
+def rms_norm(
+    x,
+    scale=None,
+    *,
+    axis=-1,
+    epsilon: float = 1e-6,
+    where=None,
+    implementation=None,
+) -> jax.Array:
+    """Root-mean-square layer normalization (Zhang & Sennrich 2019).
+
+    ``y = x / sqrt(E[x²] + ε) · scale``, the mean taken over ``axis``. No
+    centering, no bias. Statistics are in at least float32; the output has
+    ``x``'s dtype.
+
+    Args:
+      x: floating array.
+      scale: None, or an array with the shape of the normalized axes, or a
+        per-example one with ``x.shape[0]`` prepended.
+      axis: int or sequence of ints to normalize over (default the last).
+      epsilon: added to the mean square inside the square root.
+      where: optional boolean mask as in :func:`layer_norm`.
+      implementation: None (automatic), ``"xla"``, or ``"triton"``.
+
+    Returns:
+      The normalized array, same shape and dtype as ``x``.
+
+    Raises:
+      TypeError, ValueError: as :func:`layer_norm`.
+    """
+    fn = "rms_norm"
+    x, (scale,), axes, mask, epsilon = _prepare(
+        fn, x, {"scale": scale}, axis, epsilon, where, implementation
+    )
+    spec = NormSpec(Reduction(axes), epsilon, center=False)
+    return normalize(x, scale, None, mask, spec)

@@ -1,0 +1,142 @@
+"""Normalize-and-affine over a reduction set, with a closed-form derivative.
+
+This is the one function every batch-independent scheme ends in::
+
+    x̂ = (x − μ) · rstd,   rstd = 1 / sqrt(var + ε),   y = x̂ · γ + β
+
+(``μ = 0`` and ``var = E[x²]`` when uncentered, as in RMSNorm). Statistics
+come from :mod:`jaxnorm._stats`; ``γ`` and ``β`` arrive already shaped to
+broadcast against ``x`` (per channel or per example).
+
+Derivative. Differentiating the statistics by automatic differentiation makes
+XLA re-read and recompute the input several times. Instead the tangent is
+given in closed form (Ioffe & Szegedy 2015, generalized to any reduction
+set), with ``E`` the mean over a set::
+
+    ẏ = γ · rstd · (ẋ − E[ẋ] − x̂ · E[ẋ · x̂]) + x̂ · γ̇ + β̇
+
+(without the ``E[ẋ]`` term when uncentered). It is a ``jax.custom_jvp``: the
+rule is linear in the tangents, so JAX transposes it for reverse mode (giving
+``dx = γ·rstd·(g − E[g] − x̂·E[g·x̂])``), and it is itself made of JAX
+operations, so forward mode and every higher order keep working.
+
+The rule is written as ``ẏ = a·ẋ + c·u + v`` with ``c = x − μ`` and small
+per-set coefficients ``a = γ·rstd``, ``u``, ``v``, so that XLA reduces over
+each set once and applies one fused elementwise pass; reverse mode stores only
+``x`` and the per-set statistics (``jax.checkpoint``) and recomputes ``c``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+
+from jaxnorm._stats import Reduction, compute_dtype, moments
+
+__all__ = ["NormSpec", "normalize"]
+
+_STATS = "jaxnorm_statistics"
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSpec:
+    """Static settings of :func:`normalize`.
+
+    Attributes:
+      reduction: the sets of entries that share statistics.
+      epsilon: added to the variance inside the square root.
+      center: subtract the mean (False for RMSNorm).
+    """
+
+    reduction: Reduction
+    epsilon: float
+    center: bool = True
+
+
+def normalize(x, scale, bias, where, spec: NormSpec) -> jax.Array:
+    """``(x − μ)·rstd·scale + bias`` over ``spec.reduction``, in ``x.dtype``.
+
+    Args:
+      x: floating input.
+      scale, bias: None, or arrays of ``x``'s rank that broadcast against it.
+      where: None, or a boolean mask of ``x``'s rank that broadcasts against
+        it. Masked entries are left out of the statistics and their outputs
+        are 0.
+      spec: the static settings.
+
+    Returns:
+      The normalized array, with ``x``'s shape and dtype.
+    """
+    return _normalize_remat(spec, x, scale, bias, where)
+
+
+def _prepare(spec: NormSpec, x, scale, where):
+    """Per-set statistics and the centered input ``c = x − μ`` (0 where masked).
+
+    Returns ``(c, rstd, a, mean)`` with ``a = rstd·scale`` and ``mean`` the
+    masked mean over a set, as a function.
+    """
+    xc = x.astype(compute_dtype(x.dtype))
+    mo = moments(xc, spec.reduction, where=where, center=spec.center)
+    shift, mean_shifted, count = (checkpoint_name(t, _STATS) for t in (mo.shift, mo.mean_shifted, mo.count))
+    rstd = checkpoint_name(lax.rsqrt(mo.var + spec.epsilon), _STATS)
+    c = (xc - shift) - mean_shifted if spec.center else xc
+    if where is not None:
+        c = jnp.where(where, c, 0)
+    a = rstd if scale is None else rstd * scale
+
+    def mean(t):
+        if where is not None:
+            t = jnp.where(where, t, 0)
+        return spec.reduction.sum(t) / count
+
+    return c, rstd, a, mean
+
+
+def _finish(y, where, dtype):
+    if where is not None:
+        y = jnp.where(where, y, 0)
+    return y.astype(dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _normalize(spec, x, scale, bias, where):
+    c, _, a, _ = _prepare(spec, x, scale, where)
+    y = c * a if bias is None else c * a + bias
+    return _finish(y, where, x.dtype)
+
+
+@_normalize.defjvp
+def _normalize_jvp(spec, primals, tangents):
+    x, scale, bias, where = primals
+    x_dot, scale_dot, bias_dot, _ = tangents
+    c, rstd, a, mean = _prepare(spec, x, scale, where)
+    y = _finish(c * a if bias is None else c * a + bias, where, x.dtype)
+
+    g = x_dot.astype(c.dtype)
+    # ẏ = a·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇ with x̂ = c·rstd, regrouped as
+    # a·ẋ + c·u + v, where u and v have the (small) shape of the statistics.
+    u = -(a * rstd * rstd) * mean(g * c)
+    if scale is not None:
+        u = u + rstd * scale_dot
+    v = -a * mean(g) if spec.center else None
+    if bias is not None:
+        v = bias_dot if v is None else v + bias_dot
+    t = a * g + c * u
+    if v is not None:
+        t = t + v
+    return y, _finish(t, where, x.dtype)
+
+
+# Reverse mode keeps x and the per-set statistics only; c = x − μ is
+# recomputed, fused, in the backward pass instead of being stored.
+_normalize_remat = jax.checkpoint(
+    _normalize,
+    policy=jax.checkpoint_policies.save_only_these_names(_STATS),
+    static_argnums=(0,),
+)

@@ -1,0 +1,187 @@
+"""Trace-time argument checks shared by every jaxnorm function.
+
+Each check raises a ``ValueError`` or ``TypeError`` whose message names the
+calling function, what it expected, what it received and how to fix it. All
+checks look only at shapes, dtypes and Python values, so they run at trace
+time: under ``jax.jit`` and ``jax.vmap`` as well as eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "check_floating",
+    "canonical_axes",
+    "canonical_axis",
+    "check_min_rank",
+    "check_positive_int",
+    "check_epsilon",
+    "check_param",
+    "check_where",
+]
+
+
+def check_floating(fn: str, x) -> jax.Array:
+    """Return ``x`` as an array, raising ``TypeError`` unless it is floating."""
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: expected a floating-point input, got dtype {dtype} "
+            f"(shape {np.shape(x)}); cast it first, e.g. x.astype(jnp.float32)"
+        )
+    return jnp.asarray(x)
+
+
+def canonical_axis(fn: str, axis, ndim: int, shape, *, name: str = "axis") -> int:
+    """Return ``axis`` as a non-negative int, checking it lies in ``[-ndim, ndim)``."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(
+            f"{fn}: {name} must be an int, got {axis!r} of type "
+            f"{type(axis).__name__}; pass e.g. {name}=-1"
+        )
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{fn}: {name}={axis} is out of range for an input of rank {ndim} "
+            f"(shape {tuple(shape)}); use a value in [{-ndim}, {ndim - 1}]"
+        )
+    return axis % ndim
+
+
+def canonical_axes(fn: str, axes, ndim: int, shape, *, name: str = "axis") -> tuple[int, ...]:
+    """Return ``axes`` (an int or a sequence of ints) sorted and non-negative.
+
+    Raises if any axis is out of range, if two name the same axis, or if the
+    sequence is empty.
+    """
+    if isinstance(axes, Sequence) and not isinstance(axes, str):
+        seq = tuple(axes)
+        if not seq:
+            raise ValueError(
+                f"{fn}: {name} must name at least one axis, got {axes!r}; "
+                f"pass e.g. {name}=-1"
+            )
+    else:
+        seq = (axes,)
+    canon = tuple(canonical_axis(fn, a, ndim, shape, name=name) for a in seq)
+    if len(set(canon)) != len(canon):
+        raise ValueError(
+            f"{fn}: {name}={tuple(seq)} names the same axis more than once for an "
+            f"input of rank {ndim} (shape {tuple(shape)}); list each axis once"
+        )
+    return tuple(sorted(canon))
+
+
+def check_min_rank(fn: str, x, min_rank: int, layout: str) -> None:
+    """Raise ``ValueError`` if ``x`` has fewer than ``min_rank`` dimensions."""
+    if x.ndim < min_rank:
+        raise ValueError(
+            f"{fn}: expected an input of rank >= {min_rank} ({layout}), got shape "
+            f"{tuple(x.shape)} of rank {x.ndim}; add the missing axes, e.g. with "
+            f"x[None] for a batch of one"
+        )
+
+
+def check_positive_int(fn: str, name: str, value) -> int:
+    """Return ``value`` as an int, raising unless it is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{fn}: {name} must be a positive int, got {value!r} of type "
+            f"{type(value).__name__}"
+        )
+    if value <= 0:
+        raise ValueError(f"{fn}: {name} must be a positive int, got {name}={value}")
+    return int(value)
+
+
+def check_epsilon(fn: str, epsilon) -> float:
+    """Return ``epsilon`` as a float, checking it is a finite number >= 0.
+
+    It must be concrete (a Python or NumPy number, not a traced value):
+    it is a setting of the function, not a differentiable input.
+    """
+    try:
+        value = float(epsilon)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        raise TypeError(
+            f"{fn}: epsilon must be a concrete number, got {epsilon!r}; pass a "
+            f"Python float such as 1e-5 (not a traced array)"
+        ) from None
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{fn}: epsilon must be a finite number >= 0, got epsilon={epsilon!r}; "
+            f"the usual value is 1e-5"
+        )
+    return value
+
+
+def check_param(fn: str, name: str, value, allowed: dict[str, tuple[int, ...]], x_shape):
+    """Check a scale/bias-like parameter against the shapes it may have.
+
+    Args:
+      fn: name of the calling function, for the message.
+      name: the parameter's name, e.g. ``"scale"``.
+      value: the parameter, or None.
+      allowed: description -> shape, e.g. ``{"per channel": (C,),
+        "per example": (N, C)}``; shapes are matched exactly, never broadcast.
+      x_shape: the input's shape, for the message.
+
+    Returns:
+      ``(array, description)`` with the matched description, or ``(None, None)``.
+
+    Raises:
+      TypeError: if the parameter is not floating point.
+      ValueError: if its shape is none of the allowed ones.
+    """
+    if value is None:
+        return None, None
+    dtype = jnp.result_type(value)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: {name} must be floating point, got dtype {dtype}; "
+            f"cast it, e.g. {name}.astype(jnp.float32)"
+        )
+    shape = tuple(np.shape(value))
+    for description, want in allowed.items():
+        if shape == tuple(want):
+            return jnp.asarray(value), description
+    options = " or ".join(f"{tuple(s)} ({d})" for d, s in allowed.items())
+    raise ValueError(
+        f"{fn}: {name} must have shape {options} for an input of shape "
+        f"{tuple(x_shape)}, got shape {shape}; shapes are matched exactly, never "
+        f"broadcast, so reshape {name} to one of these"
+    )
+
+
+def check_where(fn: str, where, x_shape):
+    """Check a boolean mask of the input's rank whose axes match or are 1.
+
+    Returns:
+      The mask as a boolean array, or None.
+    """
+    if where is None:
+        return None
+    dtype = jnp.result_type(where)
+    if dtype != jnp.bool_:
+        raise TypeError(
+            f"{fn}: where must be a boolean mask, got dtype {dtype}; pass e.g. "
+            f"where=(mask != 0)"
+        )
+    shape = tuple(np.shape(where))
+    ok = len(shape) == len(x_shape) and all(
+        w in (1, s) for w, s in zip(shape, x_shape)
+    )
+    if not ok:
+        raise ValueError(
+            f"{fn}: where must have the input's rank {len(x_shape)} with each axis "
+            f"equal to the input's or 1 (input shape {tuple(x_shape)}), got shape "
+            f"{shape}; add size-1 axes to the mask, e.g. mask[..., None]"
+        )
+    return jnp.asarray(where)

@@ -1,0 +1,109 @@
+"""Checking and timing one case: errors against float64, jit timings, ratios."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm.bench.cases import Case
+from jaxnorm.bench.progress import Progress
+from jaxnorm.bench.timing import interleaved_medians
+
+__all__ = ["run_case", "run_cases", "flax_available"]
+
+LARGE_MEAN = 1e4
+
+
+def flax_available() -> bool:
+    """Whether flax is importable (the comparison columns need it)."""
+    return importlib.util.find_spec("flax") is not None
+
+
+def _inputs(case: Case, seed: int, dtype):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.shape).astype(dtype)
+    scale = (1 + 0.1 * rng.standard_normal(case.param_shape)).astype(np.float32)
+    bias = (0.1 * rng.standard_normal(case.param_shape)).astype(np.float32)
+    cot = rng.standard_normal(case.shape).astype(dtype)
+    return x, scale, bias, cot
+
+
+def _errors(apply, reference, x, scale, bias):
+    """(max abs error on x, relative L2 error on x + LARGE_MEAN)."""
+    y = np.asarray(jax.jit(apply)(x, scale, bias), np.float64)
+    max_abs = float(np.max(np.abs(y - reference(x, scale, bias))))
+    shifted = (x.astype(np.float64) + LARGE_MEAN).astype(x.dtype)
+    y = np.asarray(jax.jit(apply)(shifted, scale, bias), np.float64)
+    ref = reference(shifted, scale, bias)
+    rel = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+    return max_abs, rel
+
+
+def _flax_apply(case: Case):
+    module = case.flax_module()
+
+    def apply(x, scale, bias):
+        params = {"scale": scale}
+        if case.has_bias:
+            params["bias"] = bias
+        return module.apply({"params": params}, x)
+
+    return apply
+
+
+def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
+             with_flax: bool = True) -> dict:
+    """Check ``case`` against float64 and time it (and its Flax twin).
+
+    Forward is ``y = f(x, scale, bias)``; forward+backward is the gradient of
+    ``sum(y · c)`` for a fixed random cotangent ``c`` with respect to x, scale
+    and bias. Both run under ``jax.jit``; jaxnorm and Flax are interleaved.
+
+    Returns:
+      A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios.
+    """
+    x, scale, bias, cot = (jnp.asarray(a) for a in _inputs(case, seed, dtype))
+    impls = {"jaxnorm": case.apply}
+    if with_flax and case.flax_module is not None and flax_available():
+        impls["flax"] = _flax_apply(case)
+
+    row = {
+        "scheme": case.scheme,
+        "implementation": case.implementation,
+        "shape": list(case.shape),
+        "dtype": np.dtype(dtype).name,
+    }
+    forward, backward = [], []
+    for name, apply in impls.items():
+        max_abs, rel = _errors(apply, case.reference, np.asarray(x), np.asarray(scale), np.asarray(bias))
+        row[f"{name}_max_abs_error"] = max_abs
+        row[f"{name}_rel_error_mean_1e4"] = rel
+        fwd = jax.jit(apply)
+        grad = jax.jit(jax.grad(lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c), argnums=(0, 1, 2)))
+        forward.append(lambda f=fwd: f(x, scale, bias))
+        backward.append(lambda g=grad: g(x, scale, bias, cot))
+    # Forward runs are interleaved with forward runs, forward+backward with
+    # forward+backward: each group shares the allocator state it leaves.
+    fwd_times = interleaved_medians(forward, repeats=repeats)
+    bwd_times = interleaved_medians(backward, repeats=repeats)
+    for name, tf, tb in zip(impls, fwd_times, bwd_times):
+        row[f"{name}_fwd_ms"] = 1e3 * tf
+        row[f"{name}_fwd_bwd_ms"] = 1e3 * tb
+    if "flax" in impls:
+        row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
+        row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
+    return row
+
+
+def run_cases(cases, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
+              with_flax: bool = True, progress: bool = True) -> list[dict]:
+    """:func:`run_case` on each case, with a progress bar on standard error."""
+    bar = Progress(len(cases), enabled=progress)
+    rows = []
+    for case in cases:
+        rows.append(run_case(case, repeats=repeats, seed=seed, dtype=dtype, with_flax=with_flax))
+        bar.step(f"{case.scheme} {'x'.join(map(str, case.shape))}")
+    return rows
