@@ -19,8 +19,13 @@ def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, wher
     ``num_groups=None`` means one group per channel (InstanceNorm).
     """
     x = v.check_floating(fn, x)
-    layout = "batch, spatial..., channels" if min_rank > 2 else "batch, ..., channels"
-    v.check_min_rank(fn, x, min_rank, layout)
+    if min_rank > 2:
+        layout = "batch, spatial..., channels"
+        fix = "add a spatial axis, e.g. x[:, None] for (N, 1, C)"
+    else:
+        layout = "batch, ..., channels"
+        fix = "add the batch axis, e.g. x[None] for a batch of one"
+    v.check_min_rank(fn, x, min_rank, layout, fix)
     c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")
     if c_axis == 0:
         raise ValueError(
@@ -30,7 +35,6 @@ def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, wher
         )
     channels = x.shape[c_axis]
     if num_groups is not None:
-        num_groups = v.check_positive_int(fn, "num_groups", num_groups)
         if channels % num_groups:
             raise ValueError(
                 f"{fn}: {channels} channels cannot be split into "
@@ -103,6 +107,7 @@ def group_norm(
     """
     fn = "group_norm"
     resolve_implementation(fn, implementation)
+    num_groups = v.check_positive_int(fn, "num_groups", num_groups, example=32)
     return _channel_norm(
         fn, x, scale, bias, num_groups=num_groups, channel_axis=channel_axis,
         epsilon=epsilon, where=where, min_rank=2,

@@ -79,25 +79,27 @@ def canonical_axes(fn: str, axes, ndim: int, shape, *, name: str = "axis") -> tu
     return tuple(sorted(canon))
 
 
-def check_min_rank(fn: str, x, min_rank: int, layout: str) -> None:
+def check_min_rank(fn: str, x, min_rank: int, layout: str, fix: str) -> None:
     """Raise ``ValueError`` if ``x`` has fewer than ``min_rank`` dimensions."""
     if x.ndim < min_rank:
         raise ValueError(
             f"{fn}: expected an input of rank >= {min_rank} ({layout}), got shape "
-            f"{tuple(x.shape)} of rank {x.ndim}; add the missing axes, e.g. with "
-            f"x[None] for a batch of one"
+            f"{tuple(x.shape)} of rank {x.ndim}; {fix}"
         )
 
 
-def check_positive_int(fn: str, name: str, value) -> int:
+def check_positive_int(fn: str, name: str, value, *, example: int = 1) -> int:
     """Return ``value`` as an int, raising unless it is a positive integer."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"{fn}: {name} must be a positive int, got {value!r} of type "
-            f"{type(value).__name__}"
+            f"{type(value).__name__}; pass e.g. {name}={example}"
         )
     if value <= 0:
-        raise ValueError(f"{fn}: {name} must be a positive int, got {name}={value}")
+        raise ValueError(
+            f"{fn}: {name} must be a positive int, got {name}={value}; "
+            f"pass e.g. {name}={example}"
+        )
     return int(value)
 
 
@@ -107,6 +109,11 @@ def check_epsilon(fn: str, epsilon) -> float:
     It must be concrete (a Python or NumPy number, not a traced value):
     it is a setting of the function, not a differentiable input.
     """
+    if isinstance(epsilon, (bool, str, bytes)):
+        raise TypeError(
+            f"{fn}: epsilon must be a number, got {epsilon!r} of type "
+            f"{type(epsilon).__name__}; pass a Python float such as 1e-5"
+        )
     try:
         value = float(epsilon)
     except (TypeError, jax.errors.ConcretizationTypeError):

@@ -1,0 +1,72 @@
+"""Exactness: float32 statistics stay exact at large means; half precision is promoted."""
+
+import numpy as np
+import pytest
+
+import jax.numpy as jnp
+
+from norm_cases import CASES, params
+
+
+def rel_l2(y, ref):
+    y = np.asarray(y, np.float64)
+    return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("mean", [0.0, 1e2, 1e4, 1e6])
+def test_float32_large_mean_within_1e6(case, mean):
+    """Unit spread around `mean`: output within 1e-6 (L2) of float64 on the same inputs."""
+    rng = np.random.default_rng(0)
+    shape = tuple(4 * s for s in case.shape)  # larger sets, where cancellation bites
+    x = (mean + rng.standard_normal(shape)).astype(np.float32)
+    scale = bias = None
+    y = case.fn(jnp.asarray(x), scale, bias, None)
+    assert y.dtype == jnp.float32
+    assert rel_l2(y, case.ref(x, scale, bias, None)) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("mean", [1e4, 1e6])
+def test_float32_large_mean_with_mask_and_affine(case, mean):
+    rng = np.random.default_rng(1)
+    x = (mean + rng.standard_normal(case.shape)).astype(np.float32)
+    where = rng.random(case.shape) < 0.7
+    scale, bias = params(case, rng, np.float32)
+    y = case.fn(jnp.asarray(x), scale, bias, jnp.asarray(where))
+    assert rel_l2(y, case.ref(x, scale, bias, where)) < 1e-6
+
+
+def test_float32_mean_1e6_large_groups():
+    """A realistic activation: 4096 entries per group at mean 1e6."""
+    import jaxnorm as jn
+    from jaxnorm import reference
+
+    rng = np.random.default_rng(2)
+    x = (1e6 + rng.standard_normal((2, 16, 16, 64))).astype(np.float32)
+    y = jn.group_norm(jnp.asarray(x), num_groups=4)
+    assert rel_l2(y, reference.group_norm(x, num_groups=4)) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype, tol", [(jnp.bfloat16, 1e-2), (jnp.float16, 2e-3)])
+def test_half_precision_promoted(case, dtype, tol):
+    """bf16/f16 in, same dtype out; statistics in float32 (errors at output rounding)."""
+    rng = np.random.default_rng(3)
+    # Mean 300, spread 30: x² overflows float16 (max 65504) if squared in float16.
+    x = jnp.asarray(300 + 30 * rng.standard_normal(tuple(4 * s for s in case.shape)), dtype)
+    y = case.fn(x, None, None, None)
+    assert y.dtype == dtype
+    assert np.isfinite(np.asarray(y, np.float32)).all()
+    ref = case.ref(np.asarray(x, np.float64), None, None, None)
+    assert rel_l2(np.asarray(y, np.float32), ref) < tol
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_float64_stays_float64(case):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(case.shape)
+    scale, bias = params(case, rng, np.float64)
+    y = case.fn(jnp.asarray(x), scale, bias, None)
+    assert y.dtype == jnp.float64
+    np.testing.assert_allclose(y, case.ref(x, scale, bias, None), rtol=1e-12, atol=1e-12)

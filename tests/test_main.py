@@ -1,0 +1,52 @@
+"""The main job, ``python -m jaxnorm``: a checked, timed table and its JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+SCHEMES = ["layer_norm", "rms_norm", "group_norm", "instance_norm"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("main") / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxnorm", "--shape", "2x4x4x64", "--repeats", "3", "--json", str(path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    return proc, json.loads(path.read_text())
+
+
+def test_exits_cleanly_and_prints_table(run):
+    proc, _ = run
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("scheme"))
+    table = lines[header + 2 : header + 2 + len(SCHEMES)]
+    assert [line.split()[0] for line in table] == SCHEMES
+    assert all(line.split()[1] == "xla" for line in table)
+
+
+def test_progress_bar_on_stderr(run):
+    proc, _ = run
+    assert f"{len(SCHEMES)}/{len(SCHEMES)}" in proc.stderr
+    assert "[" + "#" * 24 + "]" in proc.stderr
+
+
+def test_json_rows_are_checked_and_timed(run):
+    _, data = run
+    assert data["machine"]["backend"] == "cpu"
+    assert "jax" in data["machine"]["versions"]
+    rows = {row["scheme"]: row for row in data["rows"]}
+    assert list(rows) == SCHEMES
+    for row in rows.values():
+        assert row["shape"] == [2, 4, 4, 64]
+        assert row["jaxnorm_max_abs_error"] < 1e-5
+        assert row["jaxnorm_rel_error_mean_1e4"] < 1e-6
+        for key in ("jaxnorm_fwd_ms", "jaxnorm_fwd_bwd_ms", "flax_fwd_ms", "flax_fwd_bwd_ms"):
+            assert row[key] > 0
+        assert row["ratio_fwd"] == pytest.approx(row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"])
+    # flax.linen's default E[x²]−E[x]² is the inexact one at mean 1e4.
+    assert rows["layer_norm"]["flax_rel_error_mean_1e4"] > 1e-3
