@@ -20,10 +20,10 @@ rule is linear in the tangents, so JAX transposes it for reverse mode (giving
 ``dx = γ·rstd·(g − E[g] − x̂·E[g·x̂])``), and it is itself made of JAX
 operations, so forward mode and every higher order keep working.
 
-The rule is written as ``ẏ = a·ẋ + c·u + v`` with ``c = x − μ`` and small
-per-set coefficients ``a = γ·rstd``, ``u``, ``v``, so that XLA reduces over
-each set once and applies one fused elementwise pass; reverse mode stores only
-``x`` and the per-set statistics (``jax.checkpoint``) and recomputes ``c``.
+Reverse mode stores only ``x`` and the per-set statistics
+(``jax.checkpoint``) and recomputes ``x̂``, fused, in the backward pass. The
+rule is grouped in one of two ways (see ``_normalize_jvp``), whichever lets
+XLA:CPU keep no full-size temporary for that layout.
 """
 
 from __future__ import annotations
@@ -119,17 +119,32 @@ def _normalize_jvp(spec, primals, tangents):
     y = _finish(c * a if bias is None else c * a + bias, where, x.dtype)
 
     g = x_dot.astype(c.dtype)
-    # ẏ = a·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇ with x̂ = c·rstd, regrouped as
-    # a·ẋ + c·u + v, where u and v have the (small) shape of the statistics.
-    u = -(a * rstd * rstd) * mean(g * c)
-    if scale is not None:
-        u = u + rstd * scale_dot
-    v = -a * mean(g) if spec.center else None
-    if bias is not None:
-        v = bias_dot if v is None else v + bias_dot
-    t = a * g + c * u
-    if v is not None:
-        t = t + v
+    # ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇, x̂ = c·rstd, grouped so that
+    # XLA keeps no full-size temporary (measured with memory_analysis()).
+    if jnp.shape(a) != jnp.shape(c):
+        # a = γ·rstd is per set (GroupNorm, InstanceNorm): ẏ = a·ẋ + c·u + v
+        # with u, v as small as a.
+        u = -(a * rstd * rstd) * mean(g * c)
+        if scale is not None:
+            u = u + rstd * scale_dot
+        v = -a * mean(g) if spec.center else None
+        if bias is not None:
+            v = bias_dot if v is None else v + bias_dot
+        t = a * g + c * u
+        if v is not None:
+            t = t + v
+    else:
+        # γ varies within a set (LayerNorm, RMSNorm): keep it apart from the
+        # per-set factors rather than forming full-size coefficients.
+        xhat = c * rstd
+        inner = g - xhat * mean(g * xhat)
+        if spec.center:
+            inner = inner - mean(g)
+        t = rstd * inner
+        if scale is not None:
+            t = t * scale + xhat * scale_dot
+        if bias is not None:
+            t = t + bias_dot
     return y, _finish(t, where, x.dtype)
 
 

@@ -64,6 +64,7 @@ CASES = [
     NormCase("group_norm_1d", shape=(3, 5, 4), param_shape=(4,), example_param_shape=(3, 4), **_gn(2, -1)),
     NormCase("group_norm_3d", shape=(2, 2, 3, 2, 6), param_shape=(6,), example_param_shape=(2, 6), **_gn(3, -1)),
     NormCase("group_norm_no_spatial", shape=(3, 8), param_shape=(8,), example_param_shape=(3, 8), **_gn(2, -1)),
+    NormCase("group_norm_one_per_set", shape=(3, 8), param_shape=(8,), example_param_shape=(3, 8), **_gn(8, -1)),
     NormCase("instance_norm_nhwc", shape=(2, 3, 4, 5), param_shape=(5,), example_param_shape=(2, 5), **_in(-1)),
     NormCase("instance_norm_ncw", shape=(2, 5, 7), param_shape=(5,), example_param_shape=(2, 5), **_in(1)),
 ]

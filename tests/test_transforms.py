@@ -49,11 +49,14 @@ def test_vmap_equals_loop(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-@pytest.mark.parametrize("variant", ["plain", "masked", "per_example"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "per_example", "no_affine"])
 def test_check_grads_order2_fwd_rev(case, variant):
     rng, x, scale, bias = _inputs(case, seed=2, per_example=variant == "per_example")
     where = jnp.asarray(rng.random(case.shape) < 0.75) if variant == "masked" else None
-    if case.has_bias:
+    if variant == "no_affine":
+        f = lambda x: case.fn(x, None, None, where)  # noqa: E731
+        args = (x,)
+    elif case.has_bias:
         f = lambda x, s, b: case.fn(x, s, b, where)  # noqa: E731
         args = (x, scale, bias)
     else:

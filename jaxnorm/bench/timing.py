@@ -17,8 +17,10 @@ def interleaved_medians(
     """Median seconds per call of each zero-argument function.
 
     The functions run round-robin, one call each per round, so that slow
-    drifts of the machine (frequency, other load) affect all of them alike.
-    Each call is followed by ``jax.block_until_ready`` on its result.
+    drifts of the machine (frequency, other load, memory reclaim) affect all
+    of them alike; every other round runs them in reverse order, so that
+    none always follows the same neighbour. Each call is followed by
+    ``jax.block_until_ready`` on its result.
 
     Args:
       fns: zero-argument callables, typically closures over jitted functions.
@@ -32,8 +34,9 @@ def interleaved_medians(
         for fn in fns:
             jax.block_until_ready(fn())
     samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, samples):
+    order = list(zip(fns, samples))
+    for i in range(repeats):
+        for fn, out in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             jax.block_until_ready(fn())
             out.append(time.perf_counter() - start)
