@@ -8,8 +8,7 @@ This is the one function every batch-independent scheme ends in::
 come from :mod:`jaxnorm._stats`; ``γ`` and ``β`` arrive already shaped to
 broadcast against ``x`` (per channel or per example).
 
-Derivative. Differentiating the statistics by automatic differentiation makes
-XLA re-read and recompute the input several times. Instead the tangent is
+Derivative. Rather than differentiating the statistics op by op, the tangent is
 given in closed form (Ioffe & Szegedy 2015, generalized to any reduction
 set), with ``E`` the mean over a set::
 
@@ -22,8 +21,8 @@ operations, so forward mode and every higher order keep working.
 
 Reverse mode stores only ``x`` and the per-set statistics
 (``jax.checkpoint``) and recomputes ``x̂``, fused, in the backward pass. The
-rule is grouped in one of two ways (see ``_normalize_jvp``), whichever lets
-XLA:CPU keep no full-size temporary for that layout.
+rule is grouped in one of two ways (see ``_normalize_jvp``), whichever
+measured faster on XLA:CPU for that layout.
 """
 
 from __future__ import annotations
@@ -119,8 +118,8 @@ def _normalize_jvp(spec, primals, tangents):
     y = _finish(c * a if bias is None else c * a + bias, where, x.dtype)
 
     g = x_dot.astype(c.dtype)
-    # ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇, x̂ = c·rstd, grouped so that
-    # XLA keeps no full-size temporary (measured with memory_analysis()).
+    # ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇, x̂ = c·rstd. The grouping
+    # decides which full-size temporaries XLA keeps (see memory_analysis()).
     if jnp.shape(a) != jnp.shape(c):
         # a = γ·rstd is per set (GroupNorm, InstanceNorm): ẏ = a·ẋ + c·u + v
         # with u, v as small as a.
