@@ -37,7 +37,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxnorm._stats import Reduction, compute_dtype, moments
 
-__all__ = ["NormSpec", "normalize"]
+__all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 
 _STATS = "jaxnorm_statistics"
 
@@ -71,14 +71,29 @@ def normalize(x, scale, bias, where, spec: NormSpec) -> jax.Array:
     Returns:
       The normalized array, with ``x``'s shape and dtype.
     """
+    return _normalize_remat(spec, x, scale, bias, where)[0]
+
+
+def normalize_with_stats(x, scale, bias, where, spec: NormSpec):
+    """:func:`normalize`, also returning the statistics it used.
+
+    Returns:
+      ``(y, shift, mean_shifted, var, count)``: the output, and each set's
+      statistics as in :class:`jaxnorm._stats.Moments` (mean = shift +
+      mean_shifted; biased variance; entry count), keepdims shapes, compute
+      dtype. The statistics carry no derivative (zero tangents): they are
+      meant for running averages, not for the loss.
+    """
     return _normalize_remat(spec, x, scale, bias, where)
 
 
 def _prepare(spec: NormSpec, x, scale, where):
     """Per-set statistics and the centered input ``c = x − μ`` (0 where masked).
 
-    Returns ``(c, rstd, a, mean)`` with ``a = rstd·scale`` and ``mean`` the
-    masked mean over a set, as a function.
+    Returns ``(c, rstd, a, means, stats)`` with ``a = rstd·scale``, ``means``
+    a function giving the masked means over a set of one or more arrays
+    (one collective across devices), and ``stats`` the statistics
+    ``(shift, mean_shifted, var, count)`` without gradient.
     """
     xc = x.astype(compute_dtype(x.dtype))
     mo = moments(xc, spec.reduction, where=where, center=spec.center)
@@ -88,13 +103,18 @@ def _prepare(spec: NormSpec, x, scale, where):
     if where is not None:
         c = jnp.where(where, c, 0)
     a = rstd if scale is None else rstd * scale
+    safe_count = jnp.maximum(count, 1)
 
-    def mean(t):
+    def means(*ts):
         if where is not None:
-            t = jnp.where(where, t, 0)
-        return spec.reduction.sum(t) / count
+            ts = [jnp.where(where, t, 0) for t in ts]
+        sums = spec.reduction.sum(*ts)
+        if len(ts) == 1:
+            return sums / safe_count
+        return tuple(t / safe_count for t in sums)
 
-    return c, rstd, a, mean
+    stats = tuple(lax.stop_gradient(t) for t in (mo.shift, mo.mean_shifted, mo.var, count))
+    return c, rstd, a, means, stats
 
 
 def _finish(y, where, dtype):
@@ -105,28 +125,32 @@ def _finish(y, where, dtype):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _normalize(spec, x, scale, bias, where):
-    c, _, a, _ = _prepare(spec, x, scale, where)
+    c, _, a, _, stats = _prepare(spec, x, scale, where)
     y = c * a if bias is None else c * a + bias
-    return _finish(y, where, x.dtype)
+    return (_finish(y, where, x.dtype),) + stats
 
 
 @_normalize.defjvp
 def _normalize_jvp(spec, primals, tangents):
     x, scale, bias, where = primals
     x_dot, scale_dot, bias_dot, _ = tangents
-    c, rstd, a, mean = _prepare(spec, x, scale, where)
+    c, rstd, a, means, stats = _prepare(spec, x, scale, where)
     y = _finish(c * a if bias is None else c * a + bias, where, x.dtype)
 
     g = x_dot.astype(c.dtype)
     # ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇, x̂ = c·rstd. The grouping
     # decides which full-size temporaries XLA keeps (see memory_analysis()).
     if jnp.shape(a) != jnp.shape(c):
-        # a = γ·rstd is per set (GroupNorm, InstanceNorm): ẏ = a·ẋ + c·u + v
-        # with u, v as small as a.
-        u = -(a * rstd * rstd) * mean(g * c)
+        # a = γ·rstd is per set (BatchNorm, GroupNorm, InstanceNorm):
+        # ẏ = a·ẋ + c·u + v with u, v as small as a.
+        if spec.center:
+            mean_gc, mean_g = means(g * c, g)
+        else:
+            mean_gc, mean_g = means(g * c), None
+        u = -(a * rstd * rstd) * mean_gc
         if scale is not None:
             u = u + rstd * scale_dot
-        v = -a * mean(g) if spec.center else None
+        v = -a * mean_g if spec.center else None
         if bias is not None:
             v = bias_dot if v is None else v + bias_dot
         t = a * g + c * u
@@ -136,15 +160,18 @@ def _normalize_jvp(spec, primals, tangents):
         # γ varies within a set (LayerNorm, RMSNorm): keep it apart from the
         # per-set factors rather than forming full-size coefficients.
         xhat = c * rstd
-        inner = g - xhat * mean(g * xhat)
         if spec.center:
-            inner = inner - mean(g)
+            mean_gx, mean_g = means(g * xhat, g)
+            inner = g - xhat * mean_gx - mean_g
+        else:
+            inner = g - xhat * means(g * xhat)
         t = rstd * inner
         if scale is not None:
             t = t * scale + xhat * scale_dot
         if bias is not None:
             t = t + bias_dot
-    return y, _finish(t, where, x.dtype)
+    zeros = tuple(jnp.zeros_like(s) for s in stats)
+    return (y,) + stats, (_finish(t, where, x.dtype),) + zeros
 
 
 # Reverse mode keeps x and the per-set statistics only; c = x − μ is

@@ -26,6 +26,20 @@ Inf never reach a statistic. With a mask the shift is the masked mean (one
 extra pass), because the first entry of a set may be masked.
 
 Statistics are accumulated in at least float32 (:func:`compute_dtype`).
+
+Across devices (``axis_name``, the BatchNorm family). Each member of the named
+axis computes its local moments ``(n_i, s_i, m_i, M2_i)`` (count, shift,
+shifted mean, centred sum of squares); one ``all_gather`` brings all of them
+to every member, which combines them exactly (Chan, Golub & LeVeque 1979)
+around a common reference shift ``s_r`` (the shift of the member holding the
+most entries)::
+
+    e_i = (s_i − s_r) + m_i,   n = Σ n_i,   m = Σ n_i e_i / n,
+    var = Σ (M2_i + n_i (e_i − m)²) / n.
+
+Every term is of the order of the spread, so exactness survives the trip,
+and it costs one collective, not one per moment. Under ``vmap`` the gathered
+statistics are the same for every member, so the combination runs once.
 """
 
 from __future__ import annotations
@@ -37,6 +51,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxnorm._collectives import all_gather
 
 __all__ = ["Reduction", "Moments", "compute_dtype", "moments"]
 
@@ -66,9 +83,28 @@ class Reduction:
     axes: tuple[int, ...]
     group_axis: int | None = None
     num_groups: int = 1
+    axis_name: object = None
+    axis_index_groups: tuple | None = None
 
-    def sum(self, t: jax.Array) -> jax.Array:
-        """Sum ``t`` over each reduction set, keepdims shape (see class doc)."""
+    def sum(self, *ts: jax.Array):
+        """Sum each ``t`` over its reduction sets, across ``axis_name`` too.
+
+        One array gives one sum; several give a tuple and cost a single
+        collective (their local sums are stacked before the ``psum``).
+        """
+        local = [self.local_sum(t) for t in ts]
+        if self.axis_name is not None:
+            if len(local) == 1:
+                local = [self._psum(local[0])]
+            else:
+                local = list(self._psum(jnp.stack(jnp.broadcast_arrays(*local))))
+        return local[0] if len(ts) == 1 else tuple(local)
+
+    def _psum(self, t):
+        return lax.psum(t, self.axis_name, axis_index_groups=self.axis_index_groups)
+
+    def local_sum(self, t: jax.Array) -> jax.Array:
+        """Sum ``t`` over each reduction set on this member only (no collective)."""
         s = jnp.sum(t, self.axes, keepdims=True) if self.axes else t
         if self.group_axis is None:
             return s
@@ -79,16 +115,22 @@ class Reduction:
         return jnp.broadcast_to(pooled, split).reshape(shape)
 
     def size(self, shape) -> int:
-        """Number of entries in each reduction set of an array of ``shape``."""
+        """Number of local entries in each reduction set of an array of ``shape``."""
         n = math.prod(shape[a] for a in self.axes)
         if self.group_axis is not None:
             n *= shape[self.group_axis] // self.num_groups
         return n
 
     def first(self, x: jax.Array) -> jax.Array:
-        """One entry of each reduction set (its first), keepdims shape."""
+        """One entry of each reduction set (its first), keepdims shape.
+
+        Sets with no entries (an axis of size 0) get 0.
+        """
+        if any(x.shape[a] == 0 for a in self.axes):
+            shape = tuple(1 if a in self.axes else n for a, n in enumerate(x.shape))
+            return jnp.zeros(shape, x.dtype)
         for a in self.axes:
-            x = lax.slice_in_dim(x, 0, 1, axis=a)
+            x = _first_along(x, a)
         if self.group_axis is None:
             return x
         ax = self.group_axis
@@ -96,6 +138,29 @@ class Reduction:
         split = shape[:ax] + (self.num_groups, shape[ax] // self.num_groups) + shape[ax + 1 :]
         head = lax.slice_in_dim(x.reshape(split), 0, 1, axis=ax + 1)
         return jnp.broadcast_to(head, split).reshape(shape)
+
+
+def _first_along(x: jax.Array, axis: int) -> jax.Array:
+    """``x``'s first entry along ``axis`` (keepdims), also for explicitly sharded axes.
+
+    An axis sharded over D devices in the array's type (explicit sharding) cannot
+    be sliced directly: it is split as (D, n/D), each shard's first entry kept,
+    and that small (D, 1, ...) array made replicated before taking entry 0.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    names = spec[axis] if spec is not None and axis < len(spec) else None
+    if names is None:
+        return lax.slice_in_dim(x, 0, 1, axis=axis)
+    names = names if isinstance(names, tuple) else (names,)
+    shards = math.prod(sharding.mesh.shape[n] for n in names)
+    shape = x.shape
+    heads = x.reshape(shape[:axis] + (shards, shape[axis] // shards) + shape[axis + 1 :])
+    heads = lax.slice_in_dim(heads, 0, 1, axis=axis + 1)
+    spec = tuple(spec) + (None,) * (x.ndim - len(spec))
+    replicated = PartitionSpec(*(spec[:axis] + (None, None) + spec[axis + 1 :]))
+    heads = jax.sharding.reshard(heads, NamedSharding(sharding.mesh, replicated))
+    return lax.slice_in_dim(heads, 0, 1, axis=axis).reshape(shape[:axis] + (1,) + shape[axis + 1 :])
 
 
 class Moments(NamedTuple):
@@ -108,7 +173,7 @@ class Moments(NamedTuple):
       shift: a value close to the mean (no gradient); zero when uncentered.
       mean_shifted: ``E[x − shift]``; zero when uncentered.
       var: ``E[(x − mean)²]`` (biased), or ``E[x²]`` when uncentered.
-      count: entries in each set (float), after masking.
+      count: entries in each set (float), after masking; may be 0.
     """
 
     shift: jax.Array
@@ -132,7 +197,9 @@ def moments(
     """Exact mean and biased variance of each reduction set of ``x``, one pass.
 
     ``var = E[d²] − E[d]²`` with ``d = x − shift`` (see module doc); with
-    ``center=False`` the second moment ``E[x²]`` (RMSNorm) instead.
+    ``center=False`` the second moment ``E[x²]`` (RMSNorm) instead. With
+    ``reduction.axis_name`` the sets extend across that named axis, combined
+    with a single ``all_gather`` (see module doc).
 
     Args:
       x: floating input; statistics are computed in ``compute_dtype(x.dtype)``.
@@ -152,21 +219,51 @@ def moments(
         select = lambda t: t  # noqa: E731
     else:
         mask = jnp.broadcast_to(where, x.shape)
-        count = jnp.maximum(reduction.sum(mask.astype(dtype)), 1)
+        count = reduction.local_sum(mask.astype(dtype))
         select = lambda t: jnp.where(mask, t, 0)  # noqa: E731
+    safe_count = jnp.maximum(count, 1)
 
     if not center:
         zero = jnp.zeros((), dtype)
-        var = reduction.sum(select(x * x)) / count
-        return Moments(zero, zero, var, count)
+        second = reduction.local_sum(select(x * x))
+        if reduction.axis_name is not None:
+            second, count = reduction._psum(jnp.stack(jnp.broadcast_arrays(second, count)))
+            safe_count = jnp.maximum(count, 1)
+        return Moments(zero, zero, second / safe_count, count)
 
     if where is None:
         shift = reduction.first(x)
     else:
-        shift = reduction.sum(select(x)) / count
+        shift = reduction.local_sum(select(x)) / safe_count
     shift = lax.stop_gradient(shift)
     d = select(x - shift)
-    mean_shifted = reduction.sum(d) / count
-    second = reduction.sum(d * d) / count
+    mean_shifted = reduction.local_sum(d) / safe_count
+    second = reduction.local_sum(d * d) / safe_count
     var = jnp.maximum(second - mean_shifted * mean_shifted, 0)
+    if reduction.axis_name is not None:
+        return _combine_members(Moments(shift, mean_shifted, var, count), reduction)
+    return Moments(shift, mean_shifted, var, count)
+
+
+def _combine_members(local: Moments, reduction: Reduction) -> Moments:
+    """Pool every member's moments across ``reduction.axis_name``, exactly.
+
+    One ``all_gather`` of the stacked local ``(n, s, m, n·var)``; the pooled
+    moments are expressed around the shift of the member with most entries
+    (see module doc).
+    """
+    n, s, m, var = jnp.broadcast_arrays(local.count, local.shift, local.mean_shifted, local.var)
+    gathered = all_gather(
+        jnp.stack([n, s, m, n * var]), reduction.axis_name, reduction.axis_index_groups
+    )
+    n_i, s_i, m_i, m2_i = (gathered[:, k] for k in range(4))
+    ref = jnp.argmax(n_i, axis=0)[None]
+    s_ref = jnp.take_along_axis(s_i, ref, axis=0)
+    e_i = (s_i - s_ref) + m_i
+    count = jnp.sum(n_i, axis=0)
+    safe_count = jnp.maximum(count, 1)
+    mean_shifted = jnp.sum(n_i * e_i, axis=0) / safe_count
+    dev = e_i - mean_shifted
+    var = jnp.sum(m2_i + n_i * dev * dev, axis=0) / safe_count
+    shift = lax.stop_gradient(s_ref[0])
     return Moments(shift, mean_shifted, var, count)

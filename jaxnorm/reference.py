@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["layer_norm", "rms_norm", "group_norm", "instance_norm"]
+__all__ = [
+    "batch_norm",
+    "batch_renorm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "representative_batch_norm",
+    "rms_norm",
+]
 
 
 def _f64(a):
@@ -109,3 +117,93 @@ def instance_norm(x, scale=None, bias=None, *, channel_axis=-1, epsilon=1e-5, wh
         x, scale, bias, num_groups=channels, channel_axis=channel_axis,
         epsilon=epsilon, where=where,
     )
+
+
+def _channel_params(x, c_axis, params):
+    """Place (C,) or per-example (N, C) parameters against x."""
+    out = []
+    for p in params:
+        p = _f64(p)
+        if p is not None:
+            p = _place(p, x.ndim, (c_axis,) if p.ndim == 1 else (0, c_axis))
+        out.append(p)
+    return out
+
+
+def batch_norm(x, scale, bias, mean, var, *, training, momentum=0.99, epsilon=1e-5,
+               channel_axis=-1, where=None):
+    """BatchNorm in the Flax convention; returns ``(y, new_mean, new_var)``.
+
+    Training: batch mean and biased variance over every axis but the channel
+    axis, running statistics ``momentum·old + (1 − momentum)·batch``.
+    Inference: the running ``mean`` and ``var``.
+    """
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    axes = tuple(a for a in range(x.ndim) if a != c)
+    scale, bias = _channel_params(x, c, (scale, bias))
+    mean, var = _f64(mean), _f64(var)
+    mask = np.ones(x.shape, bool) if where is None else np.broadcast_to(where, x.shape)
+    if not training:
+        xhat = (x - _place(mean, x.ndim, (c,))) / np.sqrt(_place(var, x.ndim, (c,)) + epsilon)
+        return _affine(xhat, mask, scale, bias), mean, var
+    xhat, mask = _normalize(x, axes, epsilon, where, center=True)
+    count = mask.sum(axes)
+    batch_mean = np.where(mask, x, 0.0).sum(axes) / np.maximum(count, 1)
+    dev = np.where(mask, x - _place(batch_mean, x.ndim, (c,)), 0.0)
+    batch_var = (dev * dev).sum(axes) / np.maximum(count, 1)
+    seen = count > 0
+    new_mean = np.where(seen, momentum * mean + (1 - momentum) * batch_mean, mean)
+    new_var = np.where(seen, momentum * var + (1 - momentum) * batch_var, var)
+    return _affine(xhat, mask, scale, bias), new_mean, new_var
+
+
+def batch_renorm(x, scale, bias, mean, var, *, training, r_max=3.0, d_max=5.0, momentum=0.99,
+                 epsilon=1e-5, channel_axis=-1):
+    """Batch Renormalization, Ioffe (2017) Algorithm 1; returns ``(y, new_mean, new_var)``.
+
+    The running statistics are the mean μ and the standard deviation
+    σ = sqrt(var + ε); ``new_var = σ_new² − ε``.
+    """
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    axes = tuple(a for a in range(x.ndim) if a != c)
+    scale, bias = _channel_params(x, c, (scale, bias))
+    mean, var = _f64(mean), _f64(var)
+    sigma = np.sqrt(var + epsilon)
+    if not training:
+        xhat = (x - _place(mean, x.ndim, (c,))) / _place(sigma, x.ndim, (c,))
+        return _affine(xhat, np.ones(x.shape, bool), scale, bias), mean, var
+    mu_b = x.mean(axes)
+    sigma_b = np.sqrt(((x - _place(mu_b, x.ndim, (c,))) ** 2).mean(axes) + epsilon)
+    r = np.clip(sigma_b / sigma, 1 / r_max, r_max)
+    d = np.clip((mu_b - mean) / sigma, -d_max, d_max)
+    xhat = (x - _place(mu_b, x.ndim, (c,))) / _place(sigma_b, x.ndim, (c,))
+    xhat = xhat * _place(r, x.ndim, (c,)) + _place(d, x.ndim, (c,))
+    new_mean = mean + (1 - momentum) * (mu_b - mean)
+    new_sigma = sigma + (1 - momentum) * (sigma_b - sigma)
+    return _affine(xhat, np.ones(x.shape, bool), scale, bias), new_mean, new_sigma**2 - epsilon
+
+
+def representative_batch_norm(x, scale, bias, mean, var, *, center_weight, scale_weight, scale_bias,
+                              training, momentum=0.99, epsilon=1e-5, channel_axis=-1):
+    """Representative BatchNorm (Gao et al. 2021), Flax convention, axis 0 the batch.
+
+    ``x' = x + w_m·K(x)``, ``x̂ = BN(x')``, ``y = scale·sigmoid(w_v·K(x̂) + b_v)·x̂ + bias``
+    with ``K`` the per-example mean over the spatial axes. Returns
+    ``(y, new_mean, new_var)``.
+    """
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    spatial = tuple(a for a in range(1, x.ndim) if a != c)
+    w_m, w_v, b_v = (_place(_f64(p), x.ndim, (c,)) for p in (center_weight, scale_weight, scale_bias))
+
+    def k(t):
+        return t.mean(spatial, keepdims=True) if spatial else t
+
+    calibrated = x + w_m * k(x)
+    xhat, new_mean, new_var = batch_norm(calibrated, None, None, mean, var, training=training,
+                                         momentum=momentum, epsilon=epsilon, channel_axis=c)
+    factor = 1 / (1 + np.exp(-(w_v * k(xhat) + b_v)))
+    scale, bias = _channel_params(x, c, (scale, bias))
+    return _affine(xhat * factor, np.ones(x.shape, bool), scale, bias), new_mean, new_var

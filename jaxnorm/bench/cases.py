@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import numpy as np
+
 import jaxnorm
 from jaxnorm import reference
 
-__all__ = ["Case", "default_cases", "DEFAULT_SHAPE"]
+__all__ = ["DEFAULT_SHAPE", "Case", "batch_cases", "batch_independent_cases", "default_cases"]
 
 # The CPU shape of ../shared/ANCHORS.md: a CNN activation, N×H×W×C.
 DEFAULT_SHAPE = (16, 32, 32, 256)
@@ -28,6 +30,9 @@ class Case:
       flax_module: factory of the equivalent ``flax.linen`` module (same ε),
         whose params are ``scale`` (and ``bias``); None if Flax has none.
       implementation: the implementation ``apply`` runs.
+      flax_batch_stats: the Flax module keeps running statistics (BatchNorm
+        in training mode): it is given fresh ``batch_stats`` and run with
+        them mutable.
     """
 
     scheme: str
@@ -38,6 +43,7 @@ class Case:
     has_bias: bool = True
     flax_module: Callable | None = None
     implementation: str = "xla"
+    flax_batch_stats: bool = False
 
 
 def _flax(name: str, **kwargs) -> Callable:
@@ -50,6 +56,61 @@ def _flax(name: str, **kwargs) -> Callable:
 
 
 def default_cases(shape=DEFAULT_SHAPE, *, num_groups: int = 32, implementation: str = "xla") -> list[Case]:
+    """Every implemented scheme on a channels-last ``shape``."""
+    return batch_independent_cases(shape, num_groups=num_groups, implementation=implementation) + batch_cases(shape)
+
+
+def batch_cases(shape=DEFAULT_SHAPE) -> list[Case]:
+    """The BatchNorm family in training mode on a channels-last ``shape``.
+
+    Statistics start from ``BatchStats.init``; the timed function returns the
+    output (the running-statistics update is part of the same computation).
+    Ghost BatchNorm uses four virtual batches when the batch allows it.
+    """
+    c = shape[-1]
+    stats = jaxnorm.BatchStats.init(c)
+    zeros, ones = np.zeros(c), np.ones(c)
+    n = shape[0]
+    virtual = n // 4 if n % 4 == 0 and n >= 8 else None
+    rbn = jaxnorm.RBNCalibration(0.1 * np.ones(c, np.float32), 0.1 * np.ones(c, np.float32), np.ones(c, np.float32))
+    rbn_kw = dict(center_weight=rbn.center_weight, scale_weight=rbn.scale_weight, scale_bias=rbn.scale_bias)
+    cases = [
+        Case(
+            "batch_norm", shape,
+            lambda x, s, b: jaxnorm.batch_norm(x, s, b, stats, training=True)[0],
+            lambda x, s, b: reference.batch_norm(x, s, b, zeros, ones, training=True)[0],
+            (c,), flax_module=_flax("BatchNorm", use_running_average=False, momentum=0.99, epsilon=1e-5),
+            flax_batch_stats=True,
+        ),
+    ]
+    if virtual is not None:
+        def ghost_reference(x, s, b):
+            parts = np.split(x, n // virtual)
+            return np.concatenate([reference.batch_norm(p, s, b, zeros, ones, training=True)[0] for p in parts])
+
+        cases.append(Case(
+            f"ghost_batch_norm/{virtual}", shape,
+            lambda x, s, b: jaxnorm.batch_norm(x, s, b, stats, training=True, virtual_batch_size=virtual)[0],
+            ghost_reference, (c,),
+        ))
+    cases += [
+        Case(
+            "batch_renorm", shape,
+            lambda x, s, b: jaxnorm.batch_renorm(x, s, b, stats, training=True)[0],
+            lambda x, s, b: reference.batch_renorm(x, s, b, zeros, ones, training=True)[0],
+            (c,),
+        ),
+        Case(
+            "representative_batch_norm", shape,
+            lambda x, s, b: jaxnorm.representative_batch_norm(x, s, b, stats, training=True, **rbn_kw)[0],
+            lambda x, s, b: reference.representative_batch_norm(x, s, b, zeros, ones, training=True, **rbn_kw)[0],
+            (c,),
+        ),
+    ]
+    return cases
+
+
+def batch_independent_cases(shape=DEFAULT_SHAPE, *, num_groups: int = 32, implementation: str = "xla") -> list[Case]:
     """LayerNorm, RMSNorm, GroupNorm and InstanceNorm on a channels-last ``shape``."""
     c = shape[-1]
     impl = {"implementation": implementation}

@@ -46,10 +46,14 @@ def _flax_apply(case: Case):
     module = case.flax_module()
 
     def apply(x, scale, bias):
-        params = {"scale": scale}
+        variables = {"params": {"scale": scale}}
         if case.has_bias:
-            params["bias"] = bias
-        return module.apply({"params": params}, x)
+            variables["params"]["bias"] = bias
+        if not case.flax_batch_stats:
+            return module.apply(variables, x)
+        c = x.shape[-1]
+        variables["batch_stats"] = {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+        return module.apply(variables, x, mutable=["batch_stats"])[0]
 
     return apply
 

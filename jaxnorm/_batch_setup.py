@@ -1,0 +1,198 @@
+"""Argument checks and reduction sets shared by the BatchNorm family.
+
+The family reduces over every axis of ``x`` except the channel axis, and
+across the named axes in ``axis_name``; with ``virtual_batch_size`` (Ghost
+BatchNorm) axis 0 is first split into virtual batches that each get their own
+statistics. :func:`setup` validates the arguments once and returns a
+:class:`BatchSetup` that the schemes share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _validate as v
+from jaxnorm._batch_stats import BatchStats, check_stats
+from jaxnorm._params import expand_to
+from jaxnorm._stats import Reduction
+
+__all__ = ["BatchSetup", "by_channel", "setup"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSetup:
+    """A validated call of a BatchNorm-family function.
+
+    Attributes:
+      x: the input, reshaped to ``(G, V, ...)`` with Ghost BatchNorm.
+      shape: the caller's input shape (the output is reshaped back to it).
+      channel_axis: the channel axis of ``x`` (after any reshape).
+      channels: number of channels C.
+      scale, bias: expanded to ``x``'s rank, or None.
+      where: the mask, expanded like ``x``, or None.
+      stats: the running statistics, checked.
+      reduction: the sets that share statistics.
+      epsilon: checked epsilon.
+    """
+
+    x: jax.Array
+    shape: tuple
+    channel_axis: int
+    channels: int
+    scale: jax.Array | None
+    bias: jax.Array | None
+    where: jax.Array | None
+    stats: BatchStats
+    reduction: Reduction
+    epsilon: float
+
+    def channel_shaped(self, p):
+        """A ``(C,)`` array placed along the channel axis of ``x``."""
+        return expand_to(p, self.x.ndim, (self.channel_axis,))
+
+    def restore(self, y):
+        """Undo the Ghost BatchNorm reshape."""
+        return y.reshape(self.shape)
+
+
+def _check_axis_name(fn, axis_name, axis_index_groups):
+    """Return the number of members across ``axis_name`` (1 without one)."""
+    if axis_name is None:
+        if axis_index_groups is not None:
+            raise ValueError(
+                f"{fn}: axis_index_groups={axis_index_groups!r} needs an axis_name; "
+                f"pass the name of the pmap/shard_map/vmap axis, e.g. axis_name='batch'"
+            )
+        return 1
+    try:
+        size = lax.axis_size(axis_name)
+    except NameError:
+        raise ValueError(
+            f"{fn}: axis_name={axis_name!r} is not bound by any enclosing "
+            f"transformation; call {fn} inside jax.vmap(..., axis_name={axis_name!r}), "
+            f"jax.pmap(..., axis_name={axis_name!r}) or jax.shard_map over a mesh "
+            f"axis of that name, or pass axis_name=None"
+        ) from None
+    if axis_index_groups is None:
+        return size
+    groups = [list(g) for g in axis_index_groups]
+    sizes = {len(g) for g in groups}
+    members = sorted(i for g in groups for i in g)
+    if len(sizes) != 1 or members != list(range(size)):
+        raise ValueError(
+            f"{fn}: axis_index_groups must split the {size} members of "
+            f"axis_name={axis_name!r} into groups of equal size, each member once, "
+            f"got {axis_index_groups!r}"
+        )
+    return sizes.pop()
+
+
+def setup(
+    fn: str,
+    x,
+    scale,
+    bias,
+    stats,
+    *,
+    training,
+    channel_axis,
+    epsilon,
+    axis_name,
+    axis_index_groups,
+    where,
+    virtual_batch_size=None,
+) -> BatchSetup:
+    """Validate a BatchNorm-family call and build its reduction sets.
+
+    Raises:
+      TypeError: integer inputs or parameters, a non-bool ``training``.
+      ValueError: wrong parameter/statistics shapes, bad axes, an unbound
+        ``axis_name``, a batch not divisible by ``virtual_batch_size``, or a
+        training reduction over a single value per channel.
+    """
+    if not isinstance(training, bool):
+        raise TypeError(
+            f"{fn}: training must be a Python bool, got {training!r} of type "
+            f"{type(training).__name__}; pass training=True to use and update the "
+            f"batch statistics, training=False to use the running ones"
+        )
+    x = v.check_floating(fn, x)
+    v.check_min_rank(fn, x, 1, "..., channels", "pass at least a channel axis, e.g. x[None]")
+    c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")
+    channels = x.shape[c_axis]
+    epsilon = v.check_epsilon(fn, epsilon)
+    stats = check_stats(fn, stats, channels, x.shape)
+    members = _check_axis_name(fn, axis_name, axis_index_groups)
+    has_batch = x.ndim >= 2 and c_axis != 0
+    allowed = {"per channel": (channels,)}
+    if has_batch:
+        allowed["per example"] = (x.shape[0], channels)
+    params = []
+    for name, p in (("scale", scale), ("bias", bias)):
+        p, kind = v.check_param(fn, name, p, allowed, x.shape)
+        positions = (c_axis,) if kind == "per channel" else (0, c_axis)
+        params.append(expand_to(p, x.ndim, positions))
+    mask = v.check_where(fn, where, x.shape)
+
+    shape = tuple(x.shape)
+    if virtual_batch_size is not None:
+        vbs = v.check_positive_int(fn, "virtual_batch_size", virtual_batch_size, example=32)
+        if axis_name is not None:
+            raise ValueError(
+                f"{fn}: virtual_batch_size and axis_name cannot be combined: virtual "
+                f"batches split this member's own axis 0; pass only one of them"
+            )
+        if not has_batch:
+            raise ValueError(
+                f"{fn}: virtual_batch_size needs a batch axis 0 apart from the channel "
+                f"axis, got input shape {shape} with channel_axis={channel_axis}"
+            )
+        if shape[0] % vbs:
+            raise ValueError(
+                f"{fn}: a batch of {shape[0]} cannot be split into virtual batches of "
+                f"virtual_batch_size={vbs} (input shape {shape}); choose a "
+                f"virtual_batch_size dividing {shape[0]}"
+            )
+        split = (shape[0] // vbs, vbs)
+
+        def ghost(t):
+            if t is None:
+                return None
+            lead = split if t.shape[0] == shape[0] else (1, 1)
+            return t.reshape(lead + t.shape[1:])
+
+        x = ghost(x)
+        params = [ghost(p) for p in params]
+        mask = ghost(mask)
+        c_axis += 1
+        axes = tuple(a for a in range(1, x.ndim) if a != c_axis)
+    else:
+        axes = tuple(a for a in range(x.ndim) if a != c_axis)
+
+    per_set = math.prod(x.shape[a] for a in axes) * members
+    if training and per_set == 1:
+        raise ValueError(
+            f"{fn}: expected more than 1 value per channel when training, got input "
+            f"shape {shape} (channel_axis={channel_axis}"
+            + (f", {members} member(s) across axis_name={axis_name!r}" if axis_name is not None else "")
+            + "); batch statistics of one value are meaningless: use a larger batch, "
+            "training=False, or a batch-independent norm such as group_norm"
+        )
+    reduction = Reduction(
+        axes,
+        axis_name=axis_name,
+        axis_index_groups=None if axis_index_groups is None else tuple(tuple(g) for g in axis_index_groups),
+    )
+    return BatchSetup(x, shape, c_axis, channels, params[0], params[1], mask, stats, reduction, epsilon)
+
+
+def by_channel(t: jax.Array, setup: BatchSetup) -> jax.Array:
+    """Keepdims statistics as ``(sets, C)``: one row per virtual batch (or one)."""
+    shape = tuple(1 if a in setup.reduction.axes else n for a, n in enumerate(setup.x.shape))
+    t = jnp.moveaxis(jnp.broadcast_to(t, shape), setup.channel_axis, -1)
+    return t.reshape(-1, setup.channels)

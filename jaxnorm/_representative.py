@@ -1,0 +1,153 @@
+"""Representative BatchNorm (Gao et al. 2021): BatchNorm with feature calibration."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _validate as v
+from jaxnorm._batch_norm import batch_moments, pool_batch, running_normalize
+from jaxnorm._batch_setup import by_channel, setup
+from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum, update_stats
+from jaxnorm._stats import compute_dtype
+
+__all__ = ["RBNCalibration", "representative_batch_norm"]
+
+
+class RBNCalibration(NamedTuple):
+    """The calibration weights of Representative BatchNorm, each ``(C,)``.
+
+    ``RBNCalibration.init(C)`` gives the paper's initial values: centering
+    weight 0, scaling weight 0, scaling bias 1 (so the scaling factor starts
+    at sigmoid(1) ≈ 0.731, not 1: RBN is not BatchNorm at initialization).
+    """
+
+    center_weight: jax.Array
+    scale_weight: jax.Array
+    scale_bias: jax.Array
+
+    @classmethod
+    def init(cls, num_features: int, dtype=jnp.float32) -> RBNCalibration:
+        """The reference implementation's initial values (0, 0, 1)."""
+        v.check_positive_int("RBNCalibration.init", "num_features", num_features, example=64)
+        return cls(
+            jnp.zeros((num_features,), dtype),
+            jnp.zeros((num_features,), dtype),
+            jnp.ones((num_features,), dtype),
+        )
+
+
+def representative_batch_norm(
+    x,
+    scale,
+    bias,
+    stats,
+    *,
+    center_weight,
+    scale_weight,
+    scale_bias,
+    training: bool,
+    momentum=DEFAULT_MOMENTUM,
+    epsilon: float = 1e-5,
+    channel_axis: int = -1,
+    axis_name=None,
+    axis_index_groups=None,
+    batch_axis: int | None = 0,
+    convention: str = "flax",
+):
+    """Representative Batch Normalization (Gao et al., CVPR 2021).
+
+    With ``K(·)`` the mean of each example's channel over its spatial axes
+    (every axis but ``batch_axis`` and ``channel_axis``)::
+
+        x' = x + w_m · K(x)                      centering calibration
+        x̂ = BatchNorm(x')                        batch statistics, no affine
+        s = sigmoid(w_v · K(x̂) + b_v)            scaling calibration
+        y = scale · s · x̂ + bias
+
+    The running statistics are those of ``x'``, updated as
+    :func:`jaxnorm.batch_norm` does (``convention``, ``momentum``); inference
+    normalizes ``x'`` with them. The input is never modified (the reference
+    code adds to it in place). Initial calibration values: see
+    :class:`RBNCalibration`. ``x'`` is formed relative to one sample per
+    channel, so it stays exact at large means; across members
+    (``axis_name``) it is formed directly, which is exact at initialization
+    (``w_m = 0``) and otherwise rounds like the reference.
+
+    Args:
+      x, scale, bias, stats, training, momentum, epsilon, channel_axis,
+        axis_name, axis_index_groups, convention: as in
+        :func:`jaxnorm.batch_norm`.
+      center_weight: ``(C,)`` centering weight ``w_m``.
+      scale_weight: ``(C,)`` scaling weight ``w_v``.
+      scale_bias: ``(C,)`` scaling bias ``b_v``.
+      batch_axis: the batch axis of ``x`` (default 0), excluded from ``K``;
+        None when ``x`` is a single example (inside ``jax.vmap`` with
+        ``axis_name``).
+
+    Returns:
+      ``(y, new_stats)`` as :func:`jaxnorm.batch_norm`.
+
+    Raises:
+      TypeError, ValueError: as :func:`jaxnorm.batch_norm`, and calibration
+        weights not of shape ``(C,)``, ``batch_axis`` equal to the channel
+        axis or out of range.
+    """
+    fn = "representative_batch_norm"
+    weights = resolve_momentum(fn, momentum, convention)
+    s = setup(
+        fn, x, scale, bias, stats, training=training, channel_axis=channel_axis,
+        epsilon=epsilon, axis_name=axis_name, axis_index_groups=axis_index_groups,
+        where=None,
+    )
+    allowed = {"per channel": (s.channels,)}
+    w_m, w_v, b_v = (
+        s.channel_shaped(v.check_param(fn, name, p, allowed, s.shape)[0])
+        for name, p in (("center_weight", center_weight), ("scale_weight", scale_weight), ("scale_bias", scale_bias))
+    )
+    excluded = {s.channel_axis}
+    if batch_axis is not None:
+        b_axis = v.canonical_axis(fn, batch_axis, s.x.ndim, s.shape, name="batch_axis")
+        if b_axis == s.channel_axis:
+            raise ValueError(
+                f"{fn}: batch_axis={batch_axis} is the channel axis of an input of shape "
+                f"{s.shape} (channel_axis={channel_axis}); pass the batch axis, or "
+                f"batch_axis=None for a single example"
+            )
+        excluded.add(b_axis)
+    spatial = tuple(a for a in range(s.x.ndim) if a not in excluded)
+
+    def per_example_mean(t):
+        return jnp.mean(t, spatial, keepdims=True) if spatial else t
+
+    dtype = compute_dtype(s.x.dtype)
+    xc = s.x.astype(dtype)
+    # x' = x + w_m·K(x) is formed relative to an offset o (one sample per
+    # channel) as d' = (x − o) + w_m·K(x − o) = x' − (1 + w_m)·o, which is
+    # exact at large means; BatchNorm of d' equals BatchNorm of x'. Across
+    # members (axis_name) the offset must be common, so it is 0 there.
+    if axis_name is None:
+        offset = lax.stop_gradient(s.reduction.first(xc))
+        shifted = xc - offset
+    else:
+        offset, shifted = None, xc
+    calibrated = shifted + w_m * per_example_mean(shifted)
+    if training:
+        xhat, mo = batch_moments(s, x=calibrated)
+        mean = mo.mean if offset is None else mo.mean + (1 + w_m) * offset
+        mean, var, count = pool_batch(s, mean, mo.var, mo.count, unbiased=convention == "torch")
+        new = update_stats(s.stats, mean, var, count, weights=weights, unbiased=False, fn=fn)
+    else:
+        mean = s.stats.mean
+        if offset is not None:
+            run_mean = s.channel_shaped(mean.astype(dtype))
+            mean = by_channel((run_mean - offset) - w_m * offset, s)[0]
+        xhat = running_normalize(s, mean, s.stats.var, x=calibrated)
+        new = s.stats
+    factor = jax.nn.sigmoid(w_v * per_example_mean(xhat) + b_v)
+    gain = factor if s.scale is None else s.scale * factor
+    y = xhat * gain if s.bias is None else xhat * gain + s.bias
+    return y.astype(s.x.dtype), new
