@@ -140,7 +140,7 @@ def update_stats(
                 f"seen, but stats.count is None; create stats with "
                 f"jaxnorm.BatchStats.init(num_features)"
             )
-        weight = 1.0 / batches.astype(jnp.float32)
+        weight = 1.0 / batches.astype(jnp.result_type(stats.mean))
         weights = (1 - weight, weight)
     keep, weight = weights
     if unbiased:

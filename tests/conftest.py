@@ -1,6 +1,17 @@
-"""Test configuration: float64 enabled (for the float64 gradient checks)."""
+"""Test configuration: 8 simulated CPU devices, float64 enabled.
 
-import jax
+The device count must be set before jax is first imported (here, before the
+``import jax`` below), so every test module sees the same 8 CPU devices:
+the sharding tests need them, the rest are unaffected.
+"""
+
+import os
+
+_DEVICES = "--xla_force_host_platform_device_count=8"
+if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}".strip()
+
+import jax  # noqa: E402
 
 # check_grads in float64 needs x64; every test states the dtypes it uses.
 jax.config.update("jax_enable_x64", True)
