@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
-
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -20,13 +19,14 @@ def _check_limit(fn: str, name: str, value, low: float, example: float):
     """Accept a traced limit as is; check a concrete one is a number >= ``low``."""
     if isinstance(value, (bool, str, bytes)) or value is None:
         raise TypeError(f"{fn}: {name} must be a number, got {value!r}; pass e.g. {name}={example}")
-    if isinstance(value, (numbers.Real, np.floating)):
+    if not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0:
+        value = float(np.asarray(value))
         if not (np.isfinite(value) and value >= low):
             raise ValueError(
                 f"{fn}: {name} must be a finite number >= {low:g}, got {name}={value!r}; "
                 f"{name}={low:g} disables the correction, the paper relaxes it up to {example}"
             )
-        return float(value)
+        return value
     return jnp.asarray(value)
 
 
@@ -155,6 +155,8 @@ def batch_renorm_schedule(
       ValueError: if a bound is reached before the warm-up ends.
     """
     fn = "batch_renorm_schedule"
+    r_max = _check_limit(fn, "r_max", r_max, 1.0, 3.0)
+    d_max = _check_limit(fn, "d_max", d_max, 0.0, 5.0)
     for name, value in (("r_max_steps", r_max_steps), ("d_max_steps", d_max_steps)):
         if value <= warmup_steps:
             raise ValueError(

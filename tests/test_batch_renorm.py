@@ -433,3 +433,17 @@ def test_masked_entries_left_out():
     assert int(new.count) == 1 and int(stats.count) == 0  # batches seen
     g = jax.jit(jax.grad(lambda x: jnp.sum(renorm(x, None, None, stats, where=jnp.asarray(where), **kw)[0] ** 2)))(x_nan)
     assert np.isfinite(np.asarray(g)).all()
+
+
+@pytest.mark.parametrize("kw", [{"r_max": np.array(0.5)}, {"r_max": jnp.float32(0.5)}, {"d_max": np.array(-1.0)}])
+def test_concrete_array_limits_are_checked(kw):
+    x = np.random.default_rng(0).normal(size=(8, 3))
+    stats = jn.BatchStats(np.zeros(3), np.full(3, 4.0))
+    with pytest.raises(ValueError, match=f"batch_renorm: {next(iter(kw))} must be a finite number"):
+        jn.batch_renorm(x, None, None, stats, training=True, **kw)
+
+
+@pytest.mark.parametrize("kw", [{"r_max": 0.5}, {"d_max": -1.0}])
+def test_schedule_checks_its_final_bounds(kw):
+    with pytest.raises(ValueError, match=f"batch_renorm_schedule: {next(iter(kw))} must be a finite number"):
+        jn.batch_renorm_schedule(10**6, **kw)
