@@ -225,10 +225,9 @@ def moments(
 
     if not center:
         zero = jnp.zeros((), dtype)
-        second = reduction.local_sum(select(x * x))
         if reduction.axis_name is not None:
-            second, count = reduction._psum(jnp.stack(jnp.broadcast_arrays(second, count)))
-            safe_count = jnp.maximum(count, 1)
+            raise NotImplementedError("moments: uncentered statistics across axis_name")
+        second = reduction.local_sum(select(x * x))
         return Moments(zero, zero, second / safe_count, count)
 
     if where is None:
