@@ -14,7 +14,7 @@ from jaxnorm._batch_stats import (
 from jaxnorm._normalize import NormSpec, normalize_with_stats
 from jaxnorm._stats import Moments, compute_dtype
 
-__all__ = ["batch_norm", "batch_moments", "pool_batch", "running_normalize"]
+__all__ = ["batch_moments", "batch_norm", "fold_batch", "pool_batch", "running_normalize"]
 
 
 def batch_moments(s: BatchSetup, x=None, scale=None, bias=None):
@@ -146,3 +146,10 @@ def pool_batch(s: BatchSetup, mean, var, count, *, unbiased: bool):
     total = jnp.sum(count, axis=0)
     safe = jnp.maximum(total, 1)
     return jnp.sum(count * mean, axis=0) / safe, jnp.sum(count * var, axis=0) / safe, total
+
+
+def fold_batch(s: BatchSetup, mo: Moments, *, weights, convention: str, fn: str):
+    """The running statistics after this batch's ``mo`` (no gradient flows into them)."""
+    mo = Moments(*(lax.stop_gradient(t) for t in mo))
+    mean, var, count = pool_batch(s, mo.mean, mo.var, mo.count, unbiased=convention == "torch")
+    return update_stats(s.stats, mean, var, count, weights=weights, unbiased=False, fn=fn)

@@ -21,7 +21,7 @@ from jaxnorm._batch_stats import BatchStats, check_stats
 from jaxnorm._params import expand_to
 from jaxnorm._stats import Reduction
 
-__all__ = ["BatchSetup", "by_channel", "setup"]
+__all__ = ["BatchSetup", "by_channel", "example_axes", "setup"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,3 +196,26 @@ def by_channel(t: jax.Array, setup: BatchSetup) -> jax.Array:
     shape = tuple(1 if a in setup.reduction.axes else n for a, n in enumerate(setup.x.shape))
     t = jnp.moveaxis(jnp.broadcast_to(t, shape), setup.channel_axis, -1)
     return t.reshape(-1, setup.channels)
+
+
+def example_axes(fn: str, s: BatchSetup, batch_axis, channel_axis) -> tuple[int, ...]:
+    """The axes of one example's channel: all but ``batch_axis`` and the channels.
+
+    For the family members that mix batch statistics with per-example ones
+    (Representative BatchNorm, EvoNorm-B0, Switchable Normalization).
+    ``batch_axis=None`` means ``x`` is a single example (inside ``vmap``).
+
+    Raises:
+      ValueError: ``batch_axis`` out of range or equal to the channel axis.
+    """
+    excluded = {s.channel_axis}
+    if batch_axis is not None:
+        b_axis = v.canonical_axis(fn, batch_axis, s.x.ndim, s.shape, name="batch_axis")
+        if b_axis == s.channel_axis:
+            raise ValueError(
+                f"{fn}: batch_axis={batch_axis} is the channel axis of an input of shape "
+                f"{s.shape} (channel_axis={channel_axis}); pass the batch axis, or "
+                f"batch_axis=None for a single example"
+            )
+        excluded.add(b_axis)
+    return tuple(a for a in range(s.x.ndim) if a not in excluded)

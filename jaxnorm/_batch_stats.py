@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["BatchStats", "DEFAULT_MOMENTUM", "check_stats", "resolve_momentum", "update_stats"]
+__all__ = ["DEFAULT_MOMENTUM", "BatchStats", "check_stats", "resolve_momentum", "update_stats"]
 
 
 class BatchStats(NamedTuple):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax
 
 from jaxnorm import _validate as v
+from jaxnorm._channel_setup import channel_setup
 from jaxnorm._implementation import resolve_implementation
 from jaxnorm._normalize import NormSpec, normalize
-from jaxnorm._params import expand_to
-from jaxnorm._stats import Reduction
 
 __all__ = ["group_norm", "instance_norm"]
 
@@ -18,45 +17,12 @@ def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, wher
 
     ``num_groups=None`` means one group per channel (InstanceNorm).
     """
-    x = v.check_floating(fn, x)
-    if min_rank > 2:
-        layout = "batch, spatial..., channels"
-        fix = "add a spatial axis, e.g. x[:, None] for (N, 1, C)"
-    else:
-        layout = "batch, ..., channels"
-        fix = "add the batch axis, e.g. x[None] for a batch of one"
-    v.check_min_rank(fn, x, min_rank, layout, fix)
-    c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")
-    if c_axis == 0:
-        raise ValueError(
-            f"{fn}: channel_axis={channel_axis} is the batch axis of an input of "
-            f"shape {tuple(x.shape)}; axis 0 is always the batch, so use "
-            f"channel_axis=-1 (NHWC) or channel_axis=1 (NCHW)"
-        )
-    channels = x.shape[c_axis]
-    if num_groups is not None:
-        if channels % num_groups:
-            raise ValueError(
-                f"{fn}: {channels} channels cannot be split into "
-                f"num_groups={num_groups} groups (input shape {tuple(x.shape)}, "
-                f"channel_axis={channel_axis}); choose num_groups dividing {channels}"
-            )
-    epsilon = v.check_epsilon(fn, epsilon)
-    allowed = {"per channel": (channels,), "per example": (x.shape[0], channels)}
-    expanded = []
-    for name, p in (("scale", scale), ("bias", bias)):
-        p, kind = v.check_param(fn, name, p, allowed, x.shape)
-        positions = (c_axis,) if kind == "per channel" else (0, c_axis)
-        expanded.append(expand_to(p, x.ndim, positions))
-    mask = v.check_where(fn, where, x.shape)
-
-    spatial = tuple(a for a in range(1, x.ndim) if a != c_axis)
-    if num_groups is None or num_groups == channels:
-        reduction = Reduction(spatial)
-    else:
-        reduction = Reduction(spatial, group_axis=c_axis, num_groups=num_groups)
-    spec = NormSpec(reduction, epsilon, center=True)
-    return normalize(x, expanded[0], expanded[1], mask, spec)
+    s = channel_setup(
+        fn, x, {"scale": scale, "bias": bias}, channel_axis=channel_axis,
+        epsilon=epsilon, where=where, num_groups=num_groups, min_rank=min_rank,
+    )
+    spec = NormSpec(s.reduction(num_groups), s.epsilon, center=True)
+    return normalize(s.x, s.params["scale"], s.params["bias"], s.where, spec)
 
 
 def group_norm(

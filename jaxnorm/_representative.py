@@ -10,7 +10,7 @@ from jax import lax
 
 from jaxnorm import _validate as v
 from jaxnorm._batch_norm import batch_moments, pool_batch, running_normalize
-from jaxnorm._batch_setup import by_channel, setup
+from jaxnorm._batch_setup import by_channel, example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum, update_stats
 from jaxnorm._stats import compute_dtype
 
@@ -108,17 +108,7 @@ def representative_batch_norm(
         s.channel_shaped(v.check_param(fn, name, p, allowed, s.shape)[0])
         for name, p in (("center_weight", center_weight), ("scale_weight", scale_weight), ("scale_bias", scale_bias))
     )
-    excluded = {s.channel_axis}
-    if batch_axis is not None:
-        b_axis = v.canonical_axis(fn, batch_axis, s.x.ndim, s.shape, name="batch_axis")
-        if b_axis == s.channel_axis:
-            raise ValueError(
-                f"{fn}: batch_axis={batch_axis} is the channel axis of an input of shape "
-                f"{s.shape} (channel_axis={channel_axis}); pass the batch axis, or "
-                f"batch_axis=None for a single example"
-            )
-        excluded.add(b_axis)
-    spatial = tuple(a for a in range(s.x.ndim) if a not in excluded)
+    spatial = example_axes(fn, s, batch_axis, channel_axis)
 
     def per_example_mean(t):
         return jnp.mean(t, spatial, keepdims=True) if spatial else t

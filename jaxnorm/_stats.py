@@ -55,7 +55,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxnorm._collectives import all_gather
 
-__all__ = ["Reduction", "Moments", "compute_dtype", "moments"]
+__all__ = ["Moments", "Reduction", "compute_dtype", "moments"]
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -216,11 +216,11 @@ def moments(
     x = x.astype(dtype)
     if where is None:
         count = jnp.asarray(reduction.size(x.shape), dtype)
-        select = lambda t: t  # noqa: E731
+        select = lambda t: t
     else:
         mask = jnp.broadcast_to(where, x.shape)
         count = reduction.local_sum(mask.astype(dtype))
-        select = lambda t: jnp.where(mask, t, 0)  # noqa: E731
+        select = lambda t: jnp.where(mask, t, 0)
     safe_count = jnp.maximum(count, 1)
 
     if not center:

@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "check_floating",
     "canonical_axes",
     "canonical_axis",
-    "check_min_rank",
-    "check_positive_int",
     "check_epsilon",
+    "check_floating",
+    "check_min_rank",
     "check_param",
+    "check_positive_int",
     "check_where",
 ]
 

@@ -73,7 +73,7 @@ def batch_cases(shape=DEFAULT_SHAPE) -> list[Case]:
     n = shape[0]
     virtual = n // 4 if n % 4 == 0 and n >= 8 else None
     rbn = jaxnorm.RBNCalibration(0.1 * np.ones(c, np.float32), 0.1 * np.ones(c, np.float32), np.ones(c, np.float32))
-    rbn_kw = dict(center_weight=rbn.center_weight, scale_weight=rbn.scale_weight, scale_bias=rbn.scale_bias)
+    rbn_kw = {"center_weight": rbn.center_weight, "scale_weight": rbn.scale_weight, "scale_bias": rbn.scale_bias}
     cases = [
         Case(
             "batch_norm", shape,

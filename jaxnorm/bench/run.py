@@ -12,7 +12,7 @@ from jaxnorm.bench.cases import Case
 from jaxnorm.bench.progress import Progress
 from jaxnorm.bench.timing import interleaved_medians
 
-__all__ = ["run_case", "run_cases", "flax_available"]
+__all__ = ["flax_available", "run_case", "run_cases"]
 
 LARGE_MEAN = 1e4
 

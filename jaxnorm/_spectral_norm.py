@@ -1,0 +1,137 @@
+"""Spectral Normalization (Miyato et al. 2018): a kernel divided by its largest singular value."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _validate as v
+from jaxnorm._stats import compute_dtype
+from jaxnorm._weight_setup import check_weight
+
+__all__ = ["spectral_norm", "spectral_norm_init"]
+
+_FIX = (
+    "a vector's spectral norm is its L2 norm: use weight_norm(v, g, feature_axis=None), "
+    "or reshape it to a (1, n) matrix"
+)
+
+
+def _as_matrix(fn, w, feature_axis):
+    """``w`` as the ``(features, rest)`` matrix of the paper, in the compute dtype."""
+    w, axis, _ = check_weight(fn, w, feature_axis, fix=_FIX)
+    rows = w.shape[axis]
+    return w, axis, jnp.moveaxis(w, axis, 0).reshape(rows, -1)
+
+
+def _check_u(fn, u, rows, w_shape):
+    u, _ = v.check_param(fn, "u", u, {"one entry per output feature": (rows,)}, w_shape)
+    if u is None:
+        raise TypeError(f"{fn}: u is required, got None; start from spectral_norm_init(key, w)")
+    return u
+
+
+def _l2_normalize(t, epsilon):
+    """``t / max(‖t‖, ε)`` (PyTorch's ``F.normalize``)."""
+    return t / jnp.maximum(jnp.sqrt(jnp.sum(t * t)), epsilon)
+
+
+def _power_iteration(mat, u, n_iterations, epsilon):
+    """``n_iterations`` of ``v ← N(Wᵀu), u ← N(Wv)``; returns ``(u, v)`` (no gradient).
+
+    A step whose ``Wv`` is exactly 0 (a zero kernel) keeps the previous
+    ``u``, so the iteration recovers once the kernel is no longer zero.
+    """
+    mat = lax.stop_gradient(mat)
+
+    def step(_, carry):
+        u, _ = carry
+        v_ = _l2_normalize(mat.T @ u, epsilon)
+        wv = mat @ v_
+        u = jnp.where(jnp.any(wv != 0), _l2_normalize(wv, epsilon), u)
+        return u, v_
+
+    v0 = jnp.zeros(mat.shape[1], mat.dtype)
+    u, v_ = lax.fori_loop(0, n_iterations, step, (u, v0))
+    return lax.stop_gradient(u), lax.stop_gradient(v_)
+
+
+def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1):
+    """Spectral normalization (Miyato, Kataoka, Koyama & Yoshida, ICLR 2018).
+
+    ``w`` is viewed as the matrix ``W`` of shape ``(w.shape[feature_axis],
+    rest)``; ``n_iterations`` power-iteration steps from ``u`` (the paper's
+    Algorithm 1, with ``N(t) = t / max(‖t‖, ε)``)::
+
+        v ← N(Wᵀu),   u ← N(W v)
+        σ = uᵀ W v,   w_SN = w / σ
+
+    ``u`` and ``v`` carry no gradient (as in the paper, flax.linen and
+    PyTorch); ``σ = uᵀWv`` is differentiated through ``W``. Feed the
+    returned ``u`` to the next step. A zero kernel gives ``σ = 0`` and the
+    kernel itself (0) rather than 0/0, with finite derivatives, and keeps
+    ``u``. Convolution kernels ``(H, W, in, out)`` are handled as
+    ``(out, H·W·in)`` matrices.
+
+    Args:
+      w: the kernel, rank >= 2, e.g. ``(in, out)`` or ``(H, W, in, out)``.
+      u: ``(w.shape[feature_axis],)`` estimate of the first left singular
+        vector (:func:`spectral_norm_init`); need not be normalized.
+      n_iterations: power-iteration steps, >= 1.
+      epsilon: floor of the norms in ``N``.
+      feature_axis: the output-feature axis (-1 for Flax kernels, 0 for
+        PyTorch's ``(out, in, ...)``).
+
+    Returns:
+      ``(w / σ, new_u)``: the normalized kernel in ``w``'s dtype, and the
+      updated ``u`` in ``u``'s dtype (no gradient).
+
+    Raises:
+      TypeError: integer inputs, non-int settings.
+      ValueError: a kernel of rank < 2 (a vector), ``u`` of the wrong
+        shape, ``n_iterations <= 0``, a negative epsilon.
+    """
+    fn = "spectral_norm"
+    w, _, mat = _as_matrix(fn, w, feature_axis)
+    u_in = _check_u(fn, u, mat.shape[0], w.shape)
+    n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=1)
+    epsilon = v.check_epsilon(fn, epsilon)
+    dtype = compute_dtype(jnp.promote_types(w.dtype, u_in.dtype))
+    mat = mat.astype(dtype)
+    u_new, v_new = _power_iteration(mat, u_in.astype(dtype), n_iterations, epsilon)
+    sigma = u_new @ (mat @ v_new)
+    safe_sigma = jnp.where(sigma != 0, sigma, 1)
+    return (w.astype(dtype) / safe_sigma).astype(w.dtype), u_new.astype(u_in.dtype)
+
+
+def spectral_norm_init(key, w, *, n_iterations: int = 15, epsilon: float = 1e-12, feature_axis: int = -1):
+    """A starting ``u`` for :func:`spectral_norm`: random, then refined on ``w``.
+
+    A unit vector of independent normal entries, followed by
+    ``n_iterations`` power-iteration steps on ``w`` (PyTorch runs 15 when it
+    registers the parametrization), so that the first normalized kernel
+    already uses a good estimate of σ.
+
+    Args:
+      key: a ``jax.random`` key.
+      w: the initial kernel.
+      n_iterations: warm-up steps, >= 0.
+      epsilon, feature_axis: as in :func:`spectral_norm`.
+
+    Returns:
+      ``u`` of shape ``(w.shape[feature_axis],)`` in the compute dtype of ``w``.
+
+    Raises:
+      TypeError, ValueError: as :func:`spectral_norm` (0 steps allowed).
+    """
+    fn = "spectral_norm_init"
+    w, _, mat = _as_matrix(fn, w, feature_axis)
+    if n_iterations != 0:
+        n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=15)
+    epsilon = v.check_epsilon(fn, epsilon)
+    dtype = compute_dtype(w.dtype)
+    u = _l2_normalize(jax.random.normal(key, (mat.shape[0],), dtype), epsilon)
+    if n_iterations:
+        u, _ = _power_iteration(mat.astype(dtype), u, n_iterations, epsilon)
+    return u

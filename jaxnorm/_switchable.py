@@ -1,0 +1,114 @@
+"""Switchable Normalization (Luo et al. 2019): a learned mixture of IN, LN and BN statistics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm import _validate as v
+from jaxnorm._batch_norm import fold_batch
+from jaxnorm._batch_setup import example_axes, setup
+from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
+from jaxnorm._stats import Reduction, compute_dtype, moments
+
+__all__ = ["switchable_norm"]
+
+_SOURCES = ("instance", "layer", "batch")
+
+
+def _mixture(fn, name, logits, shape):
+    """softmax of ``(3,)`` logits (None: equal weights)."""
+    if logits is None:
+        return jnp.full((3,), 1 / 3)
+    logits, _ = v.check_param(
+        fn, name, logits, {"one logit per source (instance, layer, batch)": (3,)}, shape
+    )
+    return jax.nn.softmax(logits)
+
+
+def switchable_norm(
+    x,
+    scale,
+    bias,
+    stats,
+    *,
+    mean_logits=None,
+    var_logits=None,
+    training: bool,
+    momentum=DEFAULT_MOMENTUM,
+    epsilon: float = 1e-5,
+    channel_axis: int = -1,
+    axis_name=None,
+    axis_index_groups=None,
+    batch_axis: int | None = 0,
+    convention: str = "flax",
+):
+    """Switchable Normalization (Luo, Ren, Peng, Zhang & Li, ICLR 2019).
+
+    The mean and the variance are each a softmax-weighted mixture of the
+    statistics of InstanceNorm (per example and channel, over the spatial
+    axes), LayerNorm (per example, over the spatial axes and channels) and
+    BatchNorm (per channel, over everything else and across ``axis_name``)::
+
+        μ = Σ_k softmax(λ_μ)_k μ_k,   σ² = Σ_k softmax(λ_σ)_k σ²_k,   k ∈ (IN, LN, BN)
+        y = (x − μ) / sqrt(σ² + ε) · scale + bias
+
+    All variances are biased (the paper's equations; its reference code
+    takes the unbiased IN variance). BatchNorm's statistics come from the
+    batch in training, which also updates the running statistics as
+    :func:`jaxnorm.batch_norm` does, and from ``stats`` in inference.
+    ``x − μ`` is formed as ``Σ_k w_k((x − s_k) − m_k)`` from each source's
+    shifted moments, so it stays exact at large means. Equal logits (the
+    default, and the paper's initialization) weigh the three equally.
+
+    Args:
+      x, scale, bias, stats, training, momentum, epsilon, channel_axis,
+        axis_name, axis_index_groups, convention: as in
+        :func:`jaxnorm.batch_norm`.
+      mean_logits: ``(3,)`` logits λ_μ over (instance, layer, batch), or
+        None for equal weights.
+      var_logits: ``(3,)`` logits λ_σ, likewise.
+      batch_axis: the batch axis (default 0), excluded from the IN and LN
+        statistics; None when ``x`` is a single example (inside ``vmap``).
+
+    Returns:
+      ``(y, new_stats)`` as :func:`jaxnorm.batch_norm`.
+
+    Raises:
+      TypeError, ValueError: as :func:`jaxnorm.batch_norm`, and logits not
+        of shape ``(3,)``, ``batch_axis`` out of range or the channel axis.
+    """
+    fn = "switchable_norm"
+    weights = resolve_momentum(fn, momentum, convention)
+    s = setup(
+        fn, x, scale, bias, stats, training=training, channel_axis=channel_axis,
+        epsilon=epsilon, axis_name=axis_name, axis_index_groups=axis_index_groups, where=None,
+    )
+    w_mean = _mixture(fn, "mean_logits", mean_logits, s.shape)
+    w_var = _mixture(fn, "var_logits", var_logits, s.shape)
+    spatial = example_axes(fn, s, batch_axis, channel_axis)
+    xc = s.x.astype(compute_dtype(s.x.dtype))
+    sources = [
+        moments(xc, Reduction(spatial)),
+        moments(xc, Reduction(tuple(sorted(spatial + (s.channel_axis,))))),
+    ]
+    if training:
+        sources.append(moments(xc, s.reduction))
+        new = fold_batch(s, sources[-1], weights=weights, convention=convention, fn=fn)
+        centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources]
+        variances = [mo.var for mo in sources]
+    else:
+        run_mean, run_var = (s.channel_shaped(t.astype(xc.dtype)) for t in (s.stats.mean, s.stats.var))
+        new = s.stats
+        centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources] + [xc - run_mean]
+        variances = [mo.var for mo in sources] + [run_var]
+    w_mean, w_var = (w.astype(xc.dtype) for w in (w_mean, w_var))
+    c = sum(w_mean[k] * centered[k] for k in range(3))
+    var = sum(w_var[k] * variances[k] for k in range(3))
+    y = c * lax.rsqrt(var + s.epsilon)
+    if s.scale is not None:
+        y = y * s.scale
+    if s.bias is not None:
+        y = y + s.bias
+    return y.astype(s.x.dtype), new
