@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxnorm import _validate as v
 from jaxnorm._stats import compute_dtype
@@ -18,11 +19,26 @@ _FIX = (
 )
 
 
+def _replicated(w):
+    """``w`` itself, or a replicated copy when its type says it is sharded (explicit axes).
+
+    The matrix view merges the kernel's axes and the power iteration
+    contracts over all of them, which JAX will not do on an explicitly
+    sharded array without being told the result's layout; kernels are small,
+    so the iteration runs on a gathered copy (``w / σ`` keeps ``w``'s layout).
+    """
+    sharding = getattr(jax.typeof(w), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(s is None for s in spec):
+        return w
+    return jax.sharding.reshard(w, NamedSharding(sharding.mesh, PartitionSpec()))
+
+
 def _as_matrix(fn, w, feature_axis):
-    """``w`` as the ``(features, rest)`` matrix of the paper, in the compute dtype."""
+    """``w`` as the ``(features, rest)`` matrix of the paper."""
     w, axis, _ = check_weight(fn, w, feature_axis, fix=_FIX)
     rows = w.shape[axis]
-    return w, axis, jnp.moveaxis(w, axis, 0).reshape(rows, -1)
+    return w, axis, jnp.moveaxis(_replicated(w), axis, 0).reshape(rows, -1)
 
 
 def _check_u(fn, u, rows, w_shape):
@@ -45,15 +61,15 @@ def _power_iteration(mat, u, n_iterations, epsilon):
     """
     mat = lax.stop_gradient(mat)
 
-    def step(_, carry):
-        u, _ = carry
+    def step(u):
         v_ = _l2_normalize(mat.T @ u, epsilon)
         wv = mat @ v_
-        u = jnp.where(jnp.any(wv != 0), _l2_normalize(wv, epsilon), u)
-        return u, v_
+        return jnp.where(jnp.any(wv != 0), _l2_normalize(wv, epsilon), u), v_
 
-    v0 = jnp.zeros(mat.shape[1], mat.dtype)
-    u, v_ = lax.fori_loop(0, n_iterations, step, (u, v0))
+    # The first step is taken outside the loop so that the carry already has
+    # the type (e.g. varying across a shard_map axis) the later steps give it.
+    u, v_ = step(u)
+    u, v_ = lax.fori_loop(1, n_iterations, lambda _, carry: step(carry[0]), (u, v_))
     return lax.stop_gradient(u), lax.stop_gradient(v_)
 
 

@@ -15,11 +15,19 @@ import numpy as np
 __all__ = [
     "batch_norm",
     "batch_renorm",
+    "evonorm_b0",
+    "evonorm_s0",
+    "filter_response_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "local_response_norm",
     "representative_batch_norm",
     "rms_norm",
+    "spectral_norm",
+    "switchable_norm",
+    "weight_norm",
+    "weight_standardize",
 ]
 
 
@@ -207,3 +215,141 @@ def representative_batch_norm(x, scale, bias, mean, var, *, center_weight, scale
     factor = 1 / (1 + np.exp(-(w_v * k(xhat) + b_v)))
     scale, bias = _channel_params(x, c, (scale, bias))
     return _affine(xhat * factor, np.ones(x.shape, bool), scale, bias), new_mean, new_var
+
+
+def _two_pass(x, axes):
+    """Mean and biased variance over axes (keepdims), two passes, float64."""
+    mean = x.mean(axes, keepdims=True) if axes else x
+    dev = x - mean
+    return mean, (dev * dev).mean(axes, keepdims=True) if axes else np.zeros_like(x)
+
+
+def _matrix(w, feature_axis):
+    return np.moveaxis(w, feature_axis, 0).reshape(w.shape[feature_axis], -1)
+
+
+def weight_norm(v, g, *, feature_axis=-1, exponential=False):
+    """``w = g·v/‖v‖``, norm over every axis but ``feature_axis`` (None: all)."""
+    v, g = _f64(v), _f64(g)
+    if exponential:
+        g = np.exp(g)
+    if feature_axis is None:
+        return g * v / np.sqrt((v * v).sum())
+    f = feature_axis % v.ndim
+    others = tuple(a for a in range(v.ndim) if a != f)
+    norm = np.sqrt((v * v).sum(others, keepdims=True))
+    return _place(g, v.ndim, (f,)) * v / norm
+
+
+def spectral_norm(w, u, *, n_iterations=1, epsilon=1e-12, feature_axis=-1):
+    """Miyato et al. (2018) Algorithm 1 from ``u``; returns ``(w/σ, new_u)``."""
+    w, u = _f64(w), _f64(u)
+    mat = _matrix(w, feature_axis % w.ndim)
+
+    def unit(t):
+        return t / max(np.linalg.norm(t), epsilon)
+
+    for _ in range(n_iterations):
+        v = unit(mat.T @ u)
+        u = unit(mat @ v)
+    return w / (u @ mat @ v), u
+
+
+def weight_standardize(w, *, feature_axis=-1, epsilon=1e-5):
+    """Qiao et al. (2019) eq. 5: ``(w − μ)/sqrt(σ² + ε)`` per output feature."""
+    w = _f64(w)
+    f = feature_axis % w.ndim
+    mean, var = _two_pass(w, tuple(a for a in range(w.ndim) if a != f))
+    return (w - mean) / np.sqrt(var + epsilon)
+
+
+def local_response_norm(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0, channel_axis=-1):
+    """PyTorch's LRN: ``x / (k + α/size·Σ_window x²)^β`` across channels."""
+    x = np.moveaxis(_f64(x), channel_axis, 0)
+    channels = x.shape[0]
+    energy = np.zeros_like(x)
+    for c in range(channels):
+        lo, hi = max(c - size // 2, 0), min(c + (size - 1) // 2, channels - 1)
+        energy[c] = (x[lo : hi + 1] ** 2).sum(0)
+    return np.moveaxis(x / (k + alpha / size * energy) ** beta, 0, channel_axis)
+
+
+def filter_response_norm(x, scale=None, bias=None, tau=None, *, channel_axis=-1, epsilon=1e-6):
+    """Singh & Krishnan (2020): ``max(γ·x/sqrt(mean(x²) + ε) + β, τ)``, spatial mean."""
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    spatial = tuple(a for a in range(1, x.ndim) if a != c)
+    nu2 = (x * x).mean(spatial, keepdims=True) if spatial else x * x
+    scale, bias, tau = _channel_params(x, c, (scale, bias, tau))
+    y = _affine(x / np.sqrt(nu2 + epsilon), np.ones(x.shape, bool), scale, bias)
+    return y if tau is None else np.maximum(y, tau)
+
+
+def evonorm_s0(x, scale=None, bias=None, v=None, *, num_groups=32, channel_axis=-1, epsilon=1e-5):
+    """Liu et al. (2020) EvoNorm-S0: ``x·sigmoid(v·x)/sqrt(σ²_group + ε)·γ + β``."""
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    moved = np.moveaxis(x, c, -1)
+    grouped = moved.reshape(moved.shape[:-1] + (num_groups, -1))
+    axes = tuple(range(1, grouped.ndim - 2)) + (grouped.ndim - 1,)
+    _, var = _two_pass(grouped, axes)
+    std = np.moveaxis(np.sqrt(np.broadcast_to(var + epsilon, grouped.shape).reshape(moved.shape)), -1, c)
+    scale, bias, v = _channel_params(x, c, (scale, bias, v))
+    v = 1.0 if v is None else v
+    return _affine(x / (1 + np.exp(-v * x)) / std, np.ones(x.shape, bool), scale, bias)
+
+
+def evonorm_b0(x, scale, bias, v, mean, var, *, training, momentum=0.99, epsilon=1e-5, channel_axis=-1):
+    """Liu et al. (2020) EvoNorm-B0, Flax convention; returns ``(y, new_mean, new_var)``.
+
+    ``y = x / max(sqrt(σ²_batch + ε), v·x + sqrt(σ²_instance + ε))·γ + β``.
+    """
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    axes = tuple(a for a in range(x.ndim) if a != c)
+    spatial = tuple(a for a in range(1, x.ndim) if a != c)
+    mean, var = _f64(mean), _f64(var)
+    if training:
+        batch_mean, batch_var = (t.reshape(-1) for t in _two_pass(x, axes))
+        new_mean = momentum * mean + (1 - momentum) * batch_mean
+        new_var = momentum * var + (1 - momentum) * batch_var
+    else:
+        batch_var, new_mean, new_var = var, mean, var
+    scale, bias, v = _channel_params(x, c, (scale, bias, v))
+    v = 1.0 if v is None else v
+    _, instance_var = _two_pass(x, spatial)
+    den = np.maximum(np.sqrt(_place(batch_var, x.ndim, (c,)) + epsilon), v * x + np.sqrt(instance_var + epsilon))
+    return _affine(x / den, np.ones(x.shape, bool), scale, bias), new_mean, new_var
+
+
+def switchable_norm(x, scale, bias, mean, var, *, training, mean_logits=None, var_logits=None,
+                    momentum=0.99, epsilon=1e-5, channel_axis=-1):
+    """Luo et al. (2019) Switchable Normalization, Flax convention.
+
+    Softmax mixtures over (instance, layer, batch) of the means and the
+    biased variances; returns ``(y, new_mean, new_var)``.
+    """
+    x = _f64(x)
+    c = channel_axis % x.ndim
+    spatial = tuple(a for a in range(1, x.ndim) if a != c)
+    everything = tuple(a for a in range(x.ndim) if a != c)
+    mean, var = _f64(mean), _f64(var)
+    stats = [_two_pass(x, spatial), _two_pass(x, tuple(range(1, x.ndim)))]
+    if training:
+        batch_mean, batch_var = _two_pass(x, everything)
+        stats.append((batch_mean, batch_var))
+        new_mean = momentum * mean + (1 - momentum) * batch_mean.reshape(-1)
+        new_var = momentum * var + (1 - momentum) * batch_var.reshape(-1)
+    else:
+        stats.append((_place(mean, x.ndim, (c,)), _place(var, x.ndim, (c,))))
+        new_mean, new_var = mean, var
+
+    def softmax(logits):
+        e = np.exp(np.zeros(3) if logits is None else _f64(logits))
+        return e / e.sum()
+
+    w_mean, w_var = softmax(mean_logits), softmax(var_logits)
+    mu = sum(w * m for w, (m, _) in zip(w_mean, stats))
+    sigma2 = sum(w * s for w, (_, s) in zip(w_var, stats))
+    scale, bias = _channel_params(x, c, (scale, bias))
+    return _affine((x - mu) / np.sqrt(sigma2 + epsilon), np.ones(x.shape, bool), scale, bias), new_mean, new_var

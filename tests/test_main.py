@@ -8,8 +8,11 @@ import pytest
 
 SCHEMES = [
     "layer_norm", "rms_norm", "group_norm", "instance_norm",
-    "batch_norm", "batch_renorm", "representative_batch_norm",
+    "local_response_norm", "filter_response_norm", "evonorm_s0",
+    "batch_norm", "batch_renorm", "representative_batch_norm", "evonorm_b0", "switchable_norm",
+    "weight_norm", "spectral_norm", "weight_standardize",
 ]
+ON_KERNELS = {"weight_norm", "spectral_norm", "weight_standardize"}
 WITH_FLAX = {"layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"}
 
 
@@ -46,7 +49,7 @@ def test_json_rows_are_checked_and_timed(run):
     rows = {row["scheme"]: row for row in data["rows"]}
     assert list(rows) == SCHEMES
     for row in rows.values():
-        assert row["shape"] == [2, 4, 4, 64]
+        assert row["shape"] == ([3, 3, 64, 64] if row["scheme"] in ON_KERNELS else [2, 4, 4, 64])
         assert row["jaxnorm_max_abs_error"] < 1e-5
         assert row["jaxnorm_rel_error_mean_1e4"] < 1e-6
         assert row["jaxnorm_fwd_ms"] > 0 and row["jaxnorm_fwd_bwd_ms"] > 0

@@ -10,7 +10,15 @@ import numpy as np
 import jaxnorm
 from jaxnorm import reference
 
-__all__ = ["DEFAULT_SHAPE", "Case", "batch_cases", "batch_independent_cases", "default_cases"]
+__all__ = [
+    "DEFAULT_SHAPE",
+    "Case",
+    "batch_cases",
+    "batch_independent_cases",
+    "channel_cases",
+    "default_cases",
+    "weight_cases",
+]
 
 # The CPU shape of ../shared/ANCHORS.md: a CNN activation, N×H×W×C.
 DEFAULT_SHAPE = (16, 32, 32, 256)
@@ -56,8 +64,13 @@ def _flax(name: str, **kwargs) -> Callable:
 
 
 def default_cases(shape=DEFAULT_SHAPE, *, num_groups: int = 32, implementation: str = "xla") -> list[Case]:
-    """Every implemented scheme on a channels-last ``shape``."""
-    return batch_independent_cases(shape, num_groups=num_groups, implementation=implementation) + batch_cases(shape)
+    """Every implemented scheme on a channels-last ``shape`` (kernels sized to match)."""
+    return (
+        batch_independent_cases(shape, num_groups=num_groups, implementation=implementation)
+        + channel_cases(shape, num_groups=num_groups)
+        + batch_cases(shape)
+        + weight_cases(shape)
+    )
 
 
 def batch_cases(shape=DEFAULT_SHAPE) -> list[Case]:
@@ -73,6 +86,8 @@ def batch_cases(shape=DEFAULT_SHAPE) -> list[Case]:
     n = shape[0]
     virtual = n // 4 if n % 4 == 0 and n >= 8 else None
     rbn = jaxnorm.RBNCalibration(0.1 * np.ones(c, np.float32), 0.1 * np.ones(c, np.float32), np.ones(c, np.float32))
+    slope = np.full(c, 0.5, np.float32)
+    mix = {"mean_logits": np.array([0.2, -0.1, 0.4], np.float32), "var_logits": np.array([-0.3, 0.1, 0.5], np.float32)}
     rbn_kw = {"center_weight": rbn.center_weight, "scale_weight": rbn.scale_weight, "scale_bias": rbn.scale_bias}
     cases = [
         Case(
@@ -104,6 +119,18 @@ def batch_cases(shape=DEFAULT_SHAPE) -> list[Case]:
             "representative_batch_norm", shape,
             lambda x, s, b: jaxnorm.representative_batch_norm(x, s, b, stats, training=True, **rbn_kw)[0],
             lambda x, s, b: reference.representative_batch_norm(x, s, b, zeros, ones, training=True, **rbn_kw)[0],
+            (c,),
+        ),
+        Case(
+            "evonorm_b0", shape,
+            lambda x, s, b: jaxnorm.evonorm_b0(x, s, b, slope, stats, training=True)[0],
+            lambda x, s, b: reference.evonorm_b0(x, s, b, slope, zeros, ones, training=True)[0],
+            (c,),
+        ),
+        Case(
+            "switchable_norm", shape,
+            lambda x, s, b: jaxnorm.switchable_norm(x, s, b, stats, training=True, **mix)[0],
+            lambda x, s, b: reference.switchable_norm(x, s, b, zeros, ones, training=True, **mix)[0],
             (c,),
         ),
     ]
@@ -141,5 +168,70 @@ def batch_independent_cases(shape=DEFAULT_SHAPE, *, num_groups: int = 32, implem
             lambda x, s, b: jaxnorm.instance_norm(x, s, b, epsilon=1e-5),
             lambda x, s, b: reference.instance_norm(x, s, b, epsilon=1e-5),
             (c,), flax_module=_flax("InstanceNorm", epsilon=1e-5),
+        ),
+    ]
+
+
+def channel_cases(shape=DEFAULT_SHAPE, *, num_groups: int = 32) -> list[Case]:
+    """LRN, Filter Response Normalization (with TLU) and EvoNorm-S0 on ``shape``.
+
+    LRN has no parameters (the harness's scale and bias go unused); FRN's
+    threshold and EvoNorm-S0's slope are fixed arrays.
+    """
+    c = shape[-1]
+    tau = np.full(c, -0.5, np.float32)
+    slope = np.full(c, 0.5, np.float32)
+    groups = num_groups if c % num_groups == 0 else 1
+    return [
+        Case(
+            "local_response_norm", shape,
+            lambda x, s, b: jaxnorm.local_response_norm(x, size=5, alpha=1e-2),
+            lambda x, s, b: reference.local_response_norm(x, size=5, alpha=1e-2),
+            (c,), has_bias=False,
+        ),
+        Case(
+            "filter_response_norm", shape,
+            lambda x, s, b: jaxnorm.filter_response_norm(x, s, b, tau),
+            lambda x, s, b: reference.filter_response_norm(x, s, b, tau),
+            (c,),
+        ),
+        Case(
+            "evonorm_s0", shape,
+            lambda x, s, b: jaxnorm.evonorm_s0(x, s, b, slope, num_groups=groups),
+            lambda x, s, b: reference.evonorm_s0(x, s, b, slope, num_groups=groups),
+            (c,),
+        ),
+    ]
+
+
+def weight_cases(shape=DEFAULT_SHAPE) -> list[Case]:
+    """The weight-side schemes on the 3×3 convolution kernel ``(3, 3, C, C)``.
+
+    Spectral norm runs one power-iteration step from a fixed unit ``u``;
+    weight norm's ``g`` is the harness's scale; spectral norm and weight
+    standardization take no parameters.
+    """
+    c = shape[-1]
+    kernel = (3, 3, c, c)
+    u = np.random.default_rng(0).standard_normal(c).astype(np.float32)
+    u /= np.linalg.norm(u)
+    return [
+        Case(
+            "weight_norm", kernel,
+            lambda w, s, b: jaxnorm.weight_norm(w, s),
+            lambda w, s, b: reference.weight_norm(w, s),
+            (c,), has_bias=False,
+        ),
+        Case(
+            "spectral_norm", kernel,
+            lambda w, s, b: jaxnorm.spectral_norm(w, u)[0],
+            lambda w, s, b: reference.spectral_norm(w, u)[0],
+            (c,), has_bias=False,
+        ),
+        Case(
+            "weight_standardize", kernel,
+            lambda w, s, b: jaxnorm.weight_standardize(w),
+            lambda w, s, b: reference.weight_standardize(w),
+            (c,), has_bias=False,
         ),
     ]

@@ -26,7 +26,8 @@ _COLUMNS = [
 LEGEND = (
     "max err: max |jaxnorm - float64 reference| on N(0,1) input; err@1e4: relative L2\n"
     "error at mean 1e4 (float32 input); times: median ms under jax.jit, f+b = forward +\n"
-    "backward (grads of x, scale, bias); ratio = jaxnorm / flax.linen (< 1: jaxnorm faster)."
+    "backward (grads of x, scale, bias); ratio = jaxnorm / flax.linen (< 1: jaxnorm faster).\n"
+    "weight_norm, spectral_norm, weight_standardize act on a 3x3xCxC kernel, not on x."
 )
 
 
