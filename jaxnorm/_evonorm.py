@@ -109,6 +109,7 @@ def evonorm_b0(
       v: ``(C,)`` learned slope of the per-example term; None means 1.
       batch_axis: the batch axis (default 0), excluded from the instance
         variance; None when ``x`` is a single example (inside ``vmap``).
+        Per-example ``scale``/``bias`` ``(N, C)`` always index axis 0.
 
     Returns:
       ``(y, new_stats)`` as :func:`jaxnorm.batch_norm`.

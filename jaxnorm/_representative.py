@@ -86,7 +86,8 @@ def representative_batch_norm(
       scale_bias: ``(C,)`` scaling bias ``b_v``.
       batch_axis: the batch axis of ``x`` (default 0), excluded from ``K``;
         None when ``x`` is a single example (inside ``jax.vmap`` with
-        ``axis_name``).
+        ``axis_name``). Per-example ``scale``/``bias`` ``(N, C)`` always
+        index axis 0.
 
     Returns:
       ``(y, new_stats)`` as :func:`jaxnorm.batch_norm`.

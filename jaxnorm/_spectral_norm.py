@@ -49,8 +49,9 @@ def _check_u(fn, u, rows, w_shape):
 
 
 def _l2_normalize(t, epsilon):
-    """``t / max(‖t‖, ε)`` (PyTorch's ``F.normalize``)."""
-    return t / jnp.maximum(jnp.sqrt(jnp.sum(t * t)), epsilon)
+    """``t / max(‖t‖, ε)`` (PyTorch's ``F.normalize``); 0 for ``t = 0`` even when ε = 0."""
+    denominator = jnp.maximum(jnp.sqrt(jnp.sum(t * t)), epsilon)
+    return t / jnp.where(denominator > 0, denominator, 1)
 
 
 def _power_iteration(mat, u, n_iterations, epsilon):
@@ -143,8 +144,7 @@ def spectral_norm_init(key, w, *, n_iterations: int = 15, epsilon: float = 1e-12
     """
     fn = "spectral_norm_init"
     w, _, mat = _as_matrix(fn, w, feature_axis)
-    if n_iterations != 0:
-        n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=15)
+    n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=15, minimum=0)
     epsilon = v.check_epsilon(fn, epsilon)
     dtype = compute_dtype(w.dtype)
     u = _l2_normalize(jax.random.normal(key, (mat.shape[0],), dtype), epsilon)

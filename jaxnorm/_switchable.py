@@ -71,6 +71,7 @@ def switchable_norm(
       var_logits: ``(3,)`` logits λ_σ, likewise.
       batch_axis: the batch axis (default 0), excluded from the IN and LN
         statistics; None when ``x`` is a single example (inside ``vmap``).
+        Per-example ``scale``/``bias`` ``(N, C)`` always index axis 0.
 
     Returns:
       ``(y, new_stats)`` as :func:`jaxnorm.batch_norm`.

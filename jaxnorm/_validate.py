@@ -88,16 +88,17 @@ def check_min_rank(fn: str, x, min_rank: int, layout: str, fix: str) -> None:
         )
 
 
-def check_positive_int(fn: str, name: str, value, *, example: int = 1) -> int:
-    """Return ``value`` as an int, raising unless it is a positive integer."""
+def check_positive_int(fn: str, name: str, value, *, example: int = 1, minimum: int = 1) -> int:
+    """Return ``value`` as an int, raising unless it is an integer >= ``minimum`` (1)."""
+    need = "a positive int" if minimum == 1 else f"an int >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{fn}: {name} must be a positive int, got {value!r} of type "
+            f"{fn}: {name} must be {need}, got {value!r} of type "
             f"{type(value).__name__}; pass e.g. {name}={example}"
         )
-    if value <= 0:
+    if value < minimum:
         raise ValueError(
-            f"{fn}: {name} must be a positive int, got {name}={value}; "
+            f"{fn}: {name} must be {need}, got {name}={value}; "
             f"pass e.g. {name}={example}"
         )
     return int(value)

@@ -14,8 +14,13 @@ __all__ = ["weight_norm", "weight_norm_init"]
 _FIX = "pass the kernel itself, or feature_axis=None to normalize it as a whole"
 
 
-def _setup(fn, v, feature_axis):
+def _setup(fn, v, feature_axis, exponential):
     """``(v, pooled axes, g's shape, g's positions)`` for ``feature_axis`` (None: whole)."""
+    if not isinstance(exponential, bool):
+        raise TypeError(
+            f"{fn}: exponential must be a bool, got {exponential!r}; pass exponential=True "
+            f"to read g as log g"
+        )
     if feature_axis is None:
         v = check.check_floating(fn, v)
         return v, tuple(range(v.ndim)), (), ()
@@ -59,9 +64,7 @@ def weight_norm(v, g, *, feature_axis: int | None = -1, exponential: bool = Fals
       ValueError: ``g`` of the wrong shape, feature_axis out of range.
     """
     fn = "weight_norm"
-    if not isinstance(exponential, bool):
-        raise TypeError(f"{fn}: exponential must be a bool, got {exponential!r}")
-    v, axes, g_shape, position = _setup(fn, v, feature_axis)
+    v, axes, g_shape, position = _setup(fn, v, feature_axis, exponential)
     kind = "one per output feature" if g_shape else "a scalar, feature_axis=None"
     g, _ = check.check_param(fn, "g", g, {kind: g_shape}, v.shape)
     if g is None:
@@ -92,7 +95,7 @@ def weight_norm_init(v, *, feature_axis: int | None = -1, exponential: bool = Fa
       TypeError, ValueError: as :func:`weight_norm`.
     """
     fn = "weight_norm_init"
-    v, axes, g_shape, _ = _setup(fn, v, feature_axis)
+    v, axes, g_shape, _ = _setup(fn, v, feature_axis, exponential)
     _, sq = _squared_norm(v, axes)
     sq = sq.reshape(g_shape)
     if exponential:
