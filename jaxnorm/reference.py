@@ -296,7 +296,8 @@ def evonorm_s0(x, scale=None, bias=None, v=None, *, num_groups=32, channel_axis=
     std = np.moveaxis(np.sqrt(np.broadcast_to(var + epsilon, grouped.shape).reshape(moved.shape)), -1, c)
     scale, bias, v = _channel_params(x, c, (scale, bias, v))
     v = 1.0 if v is None else v
-    return _affine(x / (1 + np.exp(-v * x)) / std, np.ones(x.shape, bool), scale, bias)
+    sigmoid = 0.5 * (1 + np.tanh(0.5 * v * x))  # 1/(1 + e^(−vx)) without overflow
+    return _affine(x * sigmoid / std, np.ones(x.shape, bool), scale, bias)
 
 
 def evonorm_b0(x, scale, bias, v, mean, var, *, training, momentum=0.99, epsilon=1e-5, channel_axis=-1):
