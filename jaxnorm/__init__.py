@@ -14,7 +14,7 @@ from jaxnorm._group_norm import group_norm, instance_norm
 from jaxnorm._layer_norm import layer_norm, rms_norm
 from jaxnorm._local_response import local_response_norm
 from jaxnorm._representative import RBNCalibration, representative_batch_norm
-from jaxnorm._spectral_norm import spectral_norm, spectral_norm_init
+from jaxnorm._spectral_norm import spectral_norm, spectral_norm_init, spectral_norm_sigma
 from jaxnorm._switchable import switchable_norm
 from jaxnorm._weight_norm import weight_norm, weight_norm_init
 from jaxnorm._weight_standardize import weight_standardize
@@ -39,6 +39,7 @@ __all__ = [
     "rms_norm",
     "spectral_norm",
     "spectral_norm_init",
+    "spectral_norm_sigma",
     "switchable_norm",
     "weight_norm",
     "weight_norm_init",

@@ -11,7 +11,7 @@ from jaxnorm import _validate as v
 from jaxnorm._stats import compute_dtype
 from jaxnorm._weight_setup import check_weight
 
-__all__ = ["spectral_norm", "spectral_norm_init"]
+__all__ = ["spectral_norm", "spectral_norm_init", "spectral_norm_sigma"]
 
 _FIX = (
     "a vector's spectral norm is its L2 norm: use weight_norm(v, g, feature_axis=None), "
@@ -74,6 +74,67 @@ def _power_iteration(mat, u, n_iterations, epsilon):
     return lax.stop_gradient(u), lax.stop_gradient(v_)
 
 
+def _sigma(fn, w, u, n_iterations, epsilon, feature_axis):
+    """Validated ``(w, u, σ, new_u, dtype)``; σ is the safe (never 0) estimate in ``dtype``."""
+    w, _, mat = _as_matrix(fn, w, feature_axis)
+    u_in = _check_u(fn, u, mat.shape[0], w.shape)
+    n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=1)
+    epsilon = v.check_epsilon(fn, epsilon)
+    dtype = compute_dtype(jnp.promote_types(w.dtype, u_in.dtype))
+    mat = mat.astype(dtype)
+    u_new, v_new = _power_iteration(mat, u_in.astype(dtype), n_iterations, epsilon)
+    sigma = u_new @ (mat @ v_new)
+    # A zero kernel (σ = 0 exactly) reads as σ = 1, so that w / σ is w itself (0),
+    # with the zero derivative of the untaken branch rather than 0/0.
+    safe_sigma = jnp.where(sigma != 0, sigma, 1)
+    return w, u_in, safe_sigma, u_new.astype(u_in.dtype), dtype
+
+
+def spectral_norm_sigma(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1):
+    """The spectral norm ``σ`` of a kernel, estimated by power iteration from ``u``.
+
+    The estimate by which :func:`spectral_norm` divides: ``w`` is viewed as
+    the matrix ``W`` of shape ``(w.shape[feature_axis], rest)`` and
+    ``n_iterations`` steps of the paper's Algorithm 1 (Miyato et al., ICLR
+    2018; ``N(t) = t / max(‖t‖, ε)``) are taken from ``u``::
+
+        v ← N(Wᵀu),   u ← N(W v),   σ = uᵀ W v
+
+    so that ``spectral_norm(w, u, ...)[0] == w / spectral_norm_sigma(w, u,
+    ...)[0]`` for every kernel. ``u`` and ``v`` carry no gradient; ``σ`` is
+    differentiated through ``W`` (``∂σ/∂W = u vᵀ``), as in the paper,
+    flax.linen and PyTorch. Use it to log the estimate, to store it (as
+    flax.linen's ``SpectralNorm`` does in ``batch_stats``), or to scale by
+    ``σ`` in a way of one's own.
+
+    A zero kernel has ``σ = 0``; it is returned as ``σ = 1`` (with zero
+    derivative), so that ``w / σ`` is the kernel itself (0) and finite with
+    finite derivatives, never 0/0; ``u`` is then kept (see
+    :func:`spectral_norm`). Any other kernel gives ``σ > 0``.
+
+    Args:
+      w: the kernel, rank >= 2, e.g. ``(in, out)`` or ``(H, W, in, out)``.
+      u: ``(w.shape[feature_axis],)`` estimate of the first left singular
+        vector (:func:`spectral_norm_init`); need not be normalized.
+      n_iterations: power-iteration steps, >= 1.
+      epsilon: floor of the norms in ``N``.
+      feature_axis: the output-feature axis (-1 for Flax kernels, 0 for
+        PyTorch's ``(out, in, ...)``).
+
+    Returns:
+      ``(sigma, new_u)``: the scalar ``σ`` in the promoted dtype of ``w`` and
+      ``u`` (computed in at least float32), and the updated ``u`` in ``u``'s
+      dtype (no gradient).
+
+    Raises:
+      TypeError: integer inputs, non-int settings.
+      ValueError: a kernel of rank < 2 (a vector), ``u`` of the wrong
+        shape, ``n_iterations <= 0``, a negative epsilon.
+    """
+    w, u_in, sigma, u_new, _ = _sigma("spectral_norm_sigma", w, u, n_iterations, epsilon, feature_axis)
+    return sigma.astype(jnp.promote_types(w.dtype, u_in.dtype)), u_new
+
+
 def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1):
     """Spectral normalization (Miyato, Kataoka, Koyama & Yoshida, ICLR 2018).
 
@@ -86,7 +147,8 @@ def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, featur
 
     ``u`` and ``v`` carry no gradient (as in the paper, flax.linen and
     PyTorch); ``σ = uᵀWv`` is differentiated through ``W``. Feed the
-    returned ``u`` to the next step. A zero kernel gives ``σ = 0`` and the
+    returned ``u`` to the next step; :func:`spectral_norm_sigma` returns
+    ``σ`` itself. A zero kernel gives ``σ = 0`` and the
     kernel itself (0) rather than 0/0, with finite derivatives, and keeps
     ``u``. Convolution kernels ``(H, W, in, out)`` are handled as
     ``(out, H·W·in)`` matrices.
@@ -109,17 +171,8 @@ def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, featur
       ValueError: a kernel of rank < 2 (a vector), ``u`` of the wrong
         shape, ``n_iterations <= 0``, a negative epsilon.
     """
-    fn = "spectral_norm"
-    w, _, mat = _as_matrix(fn, w, feature_axis)
-    u_in = _check_u(fn, u, mat.shape[0], w.shape)
-    n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=1)
-    epsilon = v.check_epsilon(fn, epsilon)
-    dtype = compute_dtype(jnp.promote_types(w.dtype, u_in.dtype))
-    mat = mat.astype(dtype)
-    u_new, v_new = _power_iteration(mat, u_in.astype(dtype), n_iterations, epsilon)
-    sigma = u_new @ (mat @ v_new)
-    safe_sigma = jnp.where(sigma != 0, sigma, 1)
-    return (w.astype(dtype) / safe_sigma).astype(w.dtype), u_new.astype(u_in.dtype)
+    w, _, sigma, u_new, dtype = _sigma("spectral_norm", w, u, n_iterations, epsilon, feature_axis)
+    return (w.astype(dtype) / sigma).astype(w.dtype), u_new
 
 
 def spectral_norm_init(key, w, *, n_iterations: int = 15, epsilon: float = 1e-12, feature_axis: int = -1):

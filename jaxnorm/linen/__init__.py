@@ -19,6 +19,7 @@ from jaxnorm.linen._per_example import (
     LocalResponseNorm,
     RMSNorm,
 )
+from jaxnorm.linen._weights import SpectralNorm, StandardizedConv, WeightNorm
 
 __all__ = [
     "BatchNorm",
@@ -32,5 +33,8 @@ __all__ = [
     "LocalResponseNorm",
     "RMSNorm",
     "RepresentativeBatchNorm",
+    "SpectralNorm",
+    "StandardizedConv",
     "SwitchableNorm",
+    "WeightNorm",
 ]
