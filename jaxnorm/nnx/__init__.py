@@ -28,6 +28,7 @@ from jaxnorm.nnx._per_example import (
     LocalResponseNorm,
     RMSNorm,
 )
+from jaxnorm.nnx._weights import SpectralNorm, StandardizedConv, WeightNorm
 
 __all__ = [
     "BatchNorm",
@@ -41,5 +42,8 @@ __all__ = [
     "LocalResponseNorm",
     "RMSNorm",
     "RepresentativeBatchNorm",
+    "SpectralNorm",
+    "StandardizedConv",
     "SwitchableNorm",
+    "WeightNorm",
 ]
