@@ -244,3 +244,32 @@ def test_output_dtype_follows_flax():
 def test_bad_constructor_arguments_fail_at_init(module, error, match):
     with pytest.raises(error, match=match):
         module.init(jax.random.key(0), X)
+
+
+@pytest.mark.parametrize("cls", [jnl.RepresentativeBatchNorm, jnl.EvoNormB0, jnl.SwitchableNorm, jnl.BatchRenorm])
+def test_batch_family_per_example_under_nn_vmap_equals_whole_batch(cls):
+    """With axis_name (and batch_axis=None where the scheme has per-example statistics)."""
+    per_example_kw = {} if cls is jnl.BatchRenorm else {"batch_axis": None}
+
+    class PerExample(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            vmapped = nn.vmap(
+                cls, variable_axes={"params": None, "batch_stats": None},
+                split_rngs={"params": False}, in_axes=0, axis_name="batch",
+            )
+            return vmapped(use_running_average=False, axis_name="batch", **per_example_kw, **F64)(x)
+
+    whole = cls(use_running_average=False, **F64)
+    v = whole.init(jax.random.key(0), X)
+    params = jax.tree.map(lambda p: p + 0.3, v["params"])
+    y_w, u_w = whole.apply({**v, "params": params}, X, mutable=["batch_stats"])
+    per = PerExample()
+    v_p = per.init(jax.random.key(0), X)
+    # Both start from the same deterministic initial values (ones/zeros).
+    params_p = jax.tree.map(lambda p: p + 0.3, v_p["params"])
+    assert jax.tree.leaves(params_p) and len(jax.tree.leaves(params_p)) == len(jax.tree.leaves(params))
+    y_p, u_p = per.apply({**v_p, "params": params_p}, X, mutable=["batch_stats"])
+    np.testing.assert_allclose(y_p, y_w, **TOL)
+    for a, b in zip(jax.tree.leaves(u_p), jax.tree.leaves(u_w)):
+        np.testing.assert_allclose(a, b, **TOL)

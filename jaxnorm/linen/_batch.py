@@ -110,7 +110,11 @@ class RepresentativeBatchNorm(_BatchModule):
 
     Extra parameters ``center_weight`` (zeros), ``scale_weight`` (zeros) and
     ``scale_bias`` (ones), each ``(C,)``: the paper's initialization.
+    ``batch_axis=None`` for per-example inputs inside ``nn.vmap`` with
+    ``axis_name``.
     """
+
+    batch_axis: int | None = 0
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -121,21 +125,27 @@ class RepresentativeBatchNorm(_BatchModule):
 
         def core(x, scale, bias, stats, kwargs):
             return jn.representative_batch_norm(
-                x, scale, bias, stats, center_weight=w_m, scale_weight=w_v, scale_bias=b_v, **kwargs
+                x, scale, bias, stats, center_weight=w_m, scale_weight=w_v, scale_bias=b_v,
+                batch_axis=self.batch_axis, **kwargs,
             )
 
         return self._run(x, use_running_average, core, w_m, w_v, b_v)
 
 
 class EvoNormB0(_BatchModule):
-    """EvoNorm-B0 (Liu et al. 2020) by :func:`jaxnorm.evonorm_b0`; extra parameter ``v`` (ones)."""
+    """EvoNorm-B0 (Liu et al. 2020) by :func:`jaxnorm.evonorm_b0`; extra parameter ``v`` (ones).
+
+    ``batch_axis=None`` for per-example inputs inside ``nn.vmap`` with ``axis_name``.
+    """
+
+    batch_axis: int | None = 0
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
         v = self.param("v", initializers.ones, (self._channels(x),), self.param_dtype)
 
         def core(x, scale, bias, stats, kwargs):
-            return jn.evonorm_b0(x, scale, bias, v, stats, **kwargs)
+            return jn.evonorm_b0(x, scale, bias, v, stats, batch_axis=self.batch_axis, **kwargs)
 
         return self._run(x, use_running_average, core, v)
 
@@ -144,8 +154,11 @@ class SwitchableNorm(_BatchModule):
     """Switchable Normalization (Luo et al. 2019) by :func:`jaxnorm.switchable_norm`.
 
     Extra parameters ``mean_logits`` and ``var_logits`` (zeros, ``(3,)``:
-    equal weights of IN, LN and BN statistics).
+    equal weights of IN, LN and BN statistics). ``batch_axis=None`` for
+    per-example inputs inside ``nn.vmap`` with ``axis_name``.
     """
+
+    batch_axis: int | None = 0
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None):
@@ -154,7 +167,8 @@ class SwitchableNorm(_BatchModule):
 
         def core(x, scale, bias, stats, kwargs):
             return jn.switchable_norm(
-                x, scale, bias, stats, mean_logits=mean_logits, var_logits=var_logits, **kwargs
+                x, scale, bias, stats, mean_logits=mean_logits, var_logits=var_logits,
+                batch_axis=self.batch_axis, **kwargs,
             )
 
         return self._run(x, use_running_average, core)

@@ -175,10 +175,12 @@ class RepresentativeBatchNorm(_BatchModule):
 
     Extra parameters ``center_weight`` (zeros), ``scale_weight`` (zeros) and
     ``scale_bias`` (ones), each ``(num_features,)``: the paper's initialization.
+    ``batch_axis=None`` for per-example inputs inside ``vmap`` with ``axis_name``.
     """
 
-    def __init__(self, num_features: int, **kwargs):
+    def __init__(self, num_features: int, *, batch_axis: int | None = 0, **kwargs):
         super().__init__(num_features, **kwargs)
+        self.batch_axis = batch_axis
         dt = self.param_dtype
         self.center_weight = nnx.Param(jnp.zeros((num_features,), dt))
         self.scale_weight = nnx.Param(jnp.zeros((num_features,), dt))
@@ -189,7 +191,8 @@ class RepresentativeBatchNorm(_BatchModule):
 
         def core(x, scale, bias, stats, kwargs):
             return jn.representative_batch_norm(
-                x, scale, bias, stats, center_weight=w_m, scale_weight=w_v, scale_bias=b_v, **kwargs
+                x, scale, bias, stats, center_weight=w_m, scale_weight=w_v, scale_bias=b_v,
+                batch_axis=self.batch_axis, **kwargs,
             )
 
         return self._run(x, use_running_average, core, w_m, w_v, b_v)
@@ -199,15 +202,17 @@ class RepresentativeBatchNorm(_BatchModule):
 class EvoNormB0(_BatchModule):
     """EvoNorm-B0 (Liu et al. 2020) by :func:`jaxnorm.evonorm_b0`; extra parameter ``v`` (``v_init``, ones)."""
 
-    def __init__(self, num_features: int, *, v_init: Any = _ONES, rngs: nnx.Rngs, **kwargs):
+    def __init__(self, num_features: int, *, v_init: Any = _ONES, batch_axis: int | None = 0,
+                 rngs: nnx.Rngs, **kwargs):
         super().__init__(num_features, rngs=rngs, **kwargs)
+        self.batch_axis = batch_axis
         self.v = extra_param(v_init, (num_features,), self.param_dtype, rngs)
 
     def __call__(self, x, use_running_average: bool | None = None):
         v = value(self.v)
 
         def core(x, scale, bias, stats, kwargs):
-            return jn.evonorm_b0(x, scale, bias, v, stats, **kwargs)
+            return jn.evonorm_b0(x, scale, bias, v, stats, batch_axis=self.batch_axis, **kwargs)
 
         return self._run(x, use_running_average, core, v)
 
@@ -220,8 +225,9 @@ class SwitchableNorm(_BatchModule):
     equal weights of IN, LN and BN statistics).
     """
 
-    def __init__(self, num_features: int, **kwargs):
+    def __init__(self, num_features: int, *, batch_axis: int | None = 0, **kwargs):
         super().__init__(num_features, **kwargs)
+        self.batch_axis = batch_axis
         self.mean_logits = nnx.Param(jnp.zeros((3,), self.param_dtype))
         self.var_logits = nnx.Param(jnp.zeros((3,), self.param_dtype))
 
@@ -230,7 +236,8 @@ class SwitchableNorm(_BatchModule):
 
         def core(x, scale, bias, stats, kwargs):
             return jn.switchable_norm(
-                x, scale, bias, stats, mean_logits=mean_logits, var_logits=var_logits, **kwargs
+                x, scale, bias, stats, mean_logits=mean_logits, var_logits=var_logits,
+                batch_axis=self.batch_axis, **kwargs,
             )
 
         return self._run(x, use_running_average, core)
