@@ -42,7 +42,7 @@ class _BatchModule(nn.Module):
 
     def _run(self, x, use_running_average, core, *extra_params):
         name = type(self).__name__
-        training = not merge_training(name, self.use_running_average, use_running_average)
+        training = not merge_training(self.use_running_average, use_running_average)
         x = jnp.asarray(x)
         c = single_axis(name, "axis", self.axis, x.ndim, x.shape)
         scale, bias = affine_params(self, (x.shape[c],))

@@ -53,7 +53,7 @@ def single_axis(cls_name: str, name: str, axes, ndim: int, shape) -> int:
     return axes % ndim
 
 
-def merge_training(cls_name: str, attribute, argument) -> bool:
+def merge_training(attribute, argument) -> bool:
     """``use_running_average`` from the constructor or the call (exactly one of them)."""
     return nn.merge_param("use_running_average", attribute, argument)
 

@@ -30,11 +30,13 @@ def _axes(ndim, axes):
     return tuple(sorted(a % ndim for a in axes))
 
 
-def _over_axes(x, scale, bias, reduction, features):
+def _over_axes(x, scale, bias, reduction, features, owner="LayerNorm"):
     """Place ``features``-shaped parameters against the normalized axes' shape."""
     if not set(features) <= set(reduction):
         raise NotImplementedError(
-            f"feature_axes={features} must lie within reduction_axes={reduction} in jaxnorm"
+            f"{owner}: feature_axes={features} must lie within reduction_axes={reduction} "
+            f"(input shape {tuple(x.shape)}); jaxnorm's parameters cover the normalized axes, "
+            f"so list the feature axes among the reduction axes"
         )
     shape = tuple(x.shape[a] if a in features else 1 for a in reduction)
     full = tuple(x.shape[a] for a in reduction)
@@ -72,7 +74,7 @@ class LayerNorm(nn.Module):
         reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
         scale, bias = affine_params(self, tuple(x.shape[a] for a in features))
         x, dtype = output_dtype(self.dtype, x, scale, bias)
-        scale, bias = _over_axes(x, scale, bias, reduction, features)
+        scale, bias = _over_axes(x, scale, bias, reduction, features, owner=type(self).__name__)
         return jn.layer_norm(x, scale, bias, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
 
 
@@ -101,7 +103,7 @@ class RMSNorm(nn.Module):
         reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
         scale, _ = affine_params(self, tuple(x.shape[a] for a in features))
         x, dtype = output_dtype(self.dtype, x, scale)
-        scale, _ = _over_axes(x, scale, None, reduction, features)
+        scale, _ = _over_axes(x, scale, None, reduction, features, owner=type(self).__name__)
         return jn.rms_norm(x, scale, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
 
 

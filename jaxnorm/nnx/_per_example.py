@@ -130,7 +130,7 @@ class LayerNorm(_Affine):
         reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
         check_features(type(self).__name__, self.num_features, x, features)
         x, (scale, bias), dtype = promote(self, x, value(self.scale), value(self.bias))
-        scale, bias = _over_axes(x, scale, bias, reduction, features)
+        scale, bias = _over_axes(x, scale, bias, reduction, features, owner=type(self).__name__)
         return jn.layer_norm(x, scale, bias, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
 
 
@@ -180,7 +180,7 @@ class RMSNorm(nnx.Module):
         reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
         check_features(type(self).__name__, self.num_features, x, features)
         x, (scale,), dtype = promote(self, x, value(self.scale))
-        scale, _ = _over_axes(x, scale, None, reduction, features)
+        scale, _ = _over_axes(x, scale, None, reduction, features, owner=type(self).__name__)
         return jn.rms_norm(x, scale, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
 
 
