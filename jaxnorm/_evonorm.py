@@ -11,17 +11,10 @@ from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._channel_setup import channel_setup
+from jaxnorm._params import apply_affine
 from jaxnorm._stats import Reduction, compute_dtype, moments
 
 __all__ = ["evonorm_b0", "evonorm_s0"]
-
-
-def _affine(y, scale, bias):
-    if scale is not None:
-        y = y * scale
-    if bias is not None:
-        y = y + bias
-    return y
 
 
 def evonorm_s0(
@@ -69,7 +62,7 @@ def evonorm_s0(
     var = moments(xc, s.reduction(num_groups)).var
     slope = 1 if s.params["v"] is None else s.params["v"]
     y = xc * jax.nn.sigmoid(slope * xc) * lax.rsqrt(var + s.epsilon)
-    return _affine(y, s.params["scale"], s.params["bias"]).astype(s.x.dtype)
+    return apply_affine(y, s.params["scale"], s.params["bias"]).astype(s.x.dtype)
 
 
 def evonorm_b0(
@@ -137,5 +130,5 @@ def evonorm_b0(
         new = s.stats
     left = jnp.sqrt(batch_var + s.epsilon)
     right = slope * xc + jnp.sqrt(moments(xc, instance).var + s.epsilon)
-    y = _affine(xc / jnp.maximum(left, right), s.scale, s.bias)
+    y = apply_affine(xc / jnp.maximum(left, right), s.scale, s.bias)
     return y.astype(s.x.dtype), new

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["expand_to"]
+__all__ = ["apply_affine", "expand_to"]
 
 
 def expand_to(p: jax.Array | None, ndim: int, positions: tuple[int, ...]):
@@ -21,3 +21,12 @@ def expand_to(p: jax.Array | None, ndim: int, positions: tuple[int, ...]):
     for size, pos in zip(p.shape, positions):
         shape[pos] = size
     return jnp.reshape(p, shape)
+
+
+def apply_affine(y: jax.Array, scale, bias) -> jax.Array:
+    """``y · scale + bias``, skipping whichever of them is None."""
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y

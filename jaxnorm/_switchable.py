@@ -10,6 +10,7 @@ from jaxnorm import _validate as v
 from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
+from jaxnorm._params import apply_affine
 from jaxnorm._stats import Reduction, compute_dtype, moments
 
 __all__ = ["switchable_norm"]
@@ -97,19 +98,15 @@ def switchable_norm(
     if training:
         sources.append(moments(xc, s.reduction))
         new = fold_batch(s, sources[-1], weights=weights, convention=convention, fn=fn)
-        centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources]
-        variances = [mo.var for mo in sources]
-    else:
+    centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources]
+    variances = [mo.var for mo in sources]
+    if not training:
         run_mean, run_var = (s.channel_shaped(t.astype(xc.dtype)) for t in (s.stats.mean, s.stats.var))
         new = s.stats
-        centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources] + [xc - run_mean]
-        variances = [mo.var for mo in sources] + [run_var]
+        centered.append(xc - run_mean)
+        variances.append(run_var)
     w_mean, w_var = (w.astype(xc.dtype) for w in (w_mean, w_var))
     c = sum(w_mean[k] * centered[k] for k in range(3))
     var = sum(w_var[k] * variances[k] for k in range(3))
-    y = c * lax.rsqrt(var + s.epsilon)
-    if s.scale is not None:
-        y = y * s.scale
-    if s.bias is not None:
-        y = y + s.bias
+    y = apply_affine(c * lax.rsqrt(var + s.epsilon), s.scale, s.bias)
     return y.astype(s.x.dtype), new
