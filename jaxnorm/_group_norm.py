@@ -6,21 +6,32 @@ import jax
 
 from jaxnorm import _validate as v
 from jaxnorm._channel_setup import channel_setup
-from jaxnorm._implementation import resolve_implementation
+from jaxnorm._implementation import kernels, resolve_implementation, triton_unsupported, use_triton
 from jaxnorm._normalize import NormSpec, normalize
 
 __all__ = ["group_norm", "instance_norm"]
 
 
-def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, where, min_rank):
+def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, where, min_rank, implementation):
     """Shared body: normalize each example over its spatial axes and channel groups.
 
     ``num_groups=None`` means one group per channel (InstanceNorm).
     """
+    implementation = resolve_implementation(fn, implementation)
     s = channel_setup(
         fn, x, {"scale": scale, "bias": bias}, channel_axis=channel_axis,
         epsilon=epsilon, where=where, num_groups=num_groups, min_rank=min_rank,
     )
+    channels = s.x.shape[s.channel_axis]
+    unsupported = triton_unsupported(s.x, s.params, where=s.where, per_channel_size=channels)
+    if unsupported is None and s.channel_axis not in (1, s.x.ndim - 1):
+        unsupported = f"channel_axis={channel_axis} (channels first or last only)"
+    if use_triton(fn, implementation, unsupported):
+        flat = {k: None if p is None else p.reshape(channels) for k, p in s.params.items()}
+        return kernels().grouped_norm(
+            s.x, flat["scale"], flat["bias"], num_groups=num_groups or channels,
+            channel_axis=-1 if s.channel_axis == s.x.ndim - 1 else 1, epsilon=s.epsilon,
+        )
     spec = NormSpec(s.reduction(num_groups), s.epsilon, center=True)
     return normalize(s.x, s.params["scale"], s.params["bias"], s.where, spec)
 
@@ -61,7 +72,10 @@ def group_norm(
       where: optional boolean mask of ``x``'s rank, each axis equal to
         ``x``'s or 1. False entries are left out of the statistics (even if
         they hold NaN) and their outputs are 0.
-      implementation: None (automatic), ``"xla"``, or ``"triton"``.
+      implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
+        of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
+        ValueError where they are unavailable or do not support the call),
+        or None: Triton on a GPU where installed and supported, else XLA.
 
     Returns:
       The normalized array, same shape and dtype as ``x``.
@@ -72,11 +86,10 @@ def group_norm(
         out of range or 0, parameters or masks of the wrong shape.
     """
     fn = "group_norm"
-    resolve_implementation(fn, implementation)
     num_groups = v.check_positive_int(fn, "num_groups", num_groups, example=32)
     return _channel_norm(
         fn, x, scale, bias, num_groups=num_groups, channel_axis=channel_axis,
-        epsilon=epsilon, where=where, min_rank=2,
+        epsilon=epsilon, where=where, min_rank=2, implementation=implementation,
     )
 
 
@@ -88,6 +101,7 @@ def instance_norm(
     channel_axis: int = -1,
     epsilon: float = 1e-5,
     where=None,
+    implementation=None,
 ) -> jax.Array:
     """Instance normalization (Ulyanov, Vedaldi & Lempitsky 2016).
 
@@ -108,6 +122,8 @@ def instance_norm(
       channel_axis: the channel axis (default -1, channels last).
       epsilon: added to the variance inside the square root.
       where: optional boolean mask, as in :func:`group_norm`.
+      implementation: None (automatic), ``"xla"``, or ``"triton"``, as in
+        :func:`group_norm`.
 
     Returns:
       The normalized array, same shape and dtype as ``x``.
@@ -117,5 +133,5 @@ def instance_norm(
     """
     return _channel_norm(
         "instance_norm", x, scale, bias, num_groups=None, channel_axis=channel_axis,
-        epsilon=epsilon, where=where, min_rank=3,
+        epsilon=epsilon, where=where, min_rank=3, implementation=implementation,
     )

@@ -1,31 +1,101 @@
-"""Choosing the implementation behind a function: ``"xla"`` or ``"triton"``."""
+"""Choosing the implementation behind a function: ``"xla"`` or ``"triton"``.
+
+The Triton kernels live in the optional package ``jaxnorm_kernels``
+(``pip install 'jaxnorm[triton]'``) and run on an NVIDIA GPU through
+jax_triton. ``implementation=None`` uses them only where all of these hold:
+the default JAX backend is a GPU, the kernels and jax_triton import, and the
+call is one they support (no mask, per-channel parameters, a supported dtype
+and layout). Otherwise it is the pure-JAX ``"xla"`` path, the reference the
+kernels are tested against.
+"""
 
 from __future__ import annotations
 
-__all__ = ["IMPLEMENTATIONS", "resolve_implementation"]
+import functools
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["IMPLEMENTATIONS", "TRITON_DTYPES", "kernels", "resolve_implementation", "triton_unsupported", "use_triton"]
 
 IMPLEMENTATIONS = (None, "xla", "triton")
+TRITON_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def resolve_implementation(fn: str, implementation) -> str:
-    """Return the implementation to run for ``implementation`` (JAX's spelling).
-
-    ``None`` picks the best available one; today that is always ``"xla"``,
-    the pure-JAX reference path. ``"triton"`` names the optional GPU kernels,
-    which this release does not ship yet.
+def resolve_implementation(fn: str, implementation):
+    """Check ``implementation`` (JAX's spelling) and return it.
 
     Raises:
-      ValueError: for an unknown name, or ``"triton"`` when unavailable.
+      ValueError: for a name other than None, ``"xla"`` and ``"triton"``.
     """
-    if implementation is None or implementation == "xla":
-        return "xla"
-    if implementation == "triton":
-        raise ValueError(
-            f"{fn}: implementation='triton' needs jaxnorm's Triton GPU kernels, "
-            f"which this version of jaxnorm does not include; use "
-            f"implementation=None or 'xla'"
-        )
+    if implementation is None or (isinstance(implementation, str) and implementation in ("xla", "triton")):
+        return implementation
     raise ValueError(
         f"{fn}: implementation must be one of {IMPLEMENTATIONS}, got "
         f"{implementation!r}; use implementation=None to pick automatically"
     )
+
+
+@functools.lru_cache(maxsize=1)
+def kernels():
+    """The kernels' JAX binding (``jaxnorm_kernels.jax_ops``), or None when not installed."""
+    try:
+        from jaxnorm_kernels import jax_ops
+    except ImportError:
+        return None
+    return jax_ops
+
+
+def use_triton(fn: str, implementation, unsupported: str | None) -> bool:
+    """Whether to run the Triton kernels.
+
+    Args:
+      fn: the public function's name, for messages.
+      implementation: None, ``"xla"`` or ``"triton"`` (already checked).
+      unsupported: why the kernels cannot take this call, or None.
+
+    Raises:
+      ValueError: ``implementation="triton"`` where the kernels are not
+        installed, have no GPU to run on, or do not support the call.
+    """
+    if implementation == "xla" or (implementation is None and jax.default_backend() != "gpu"):
+        return False  # (no import of triton on a machine without a GPU)
+    ops = kernels()
+    launcher = ops.launcher_available() if ops is not None else None
+    if implementation is None:
+        return launcher == "gpu" and unsupported is None
+    if ops is None:
+        raise ValueError(
+            f"{fn}: implementation='triton' needs jaxnorm's Triton kernels, which are not installed; "
+            f"pip install 'jaxnorm[triton]', or use implementation=None or 'xla'"
+        )
+    if launcher is None:
+        raise ValueError(
+            f"{fn}: implementation='triton' needs a CUDA GPU as JAX's default backend and jax_triton; "
+            f"use implementation=None or 'xla' here"
+        )
+    if unsupported is not None:
+        raise ValueError(
+            f"{fn}: implementation='triton' does not support {unsupported}; use implementation=None or 'xla'"
+        )
+    return True
+
+
+def triton_unsupported(x, params, *, where, per_channel_size: int | None) -> str | None:
+    """Why the kernels cannot take this call (None when they can).
+
+    Args:
+      x: the input.
+      params: ``{name: array or None}`` of the call's parameters.
+      where: the mask argument.
+      per_channel_size: the length a supported parameter must have (as a
+        vector), or None when any shape the function accepts is fine.
+    """
+    if where is not None:
+        return "a mask (where=)"
+    if x.dtype not in TRITON_DTYPES:
+        return f"dtype {x.dtype} (float32, bfloat16 and float16 only)"
+    for name, p in params.items():
+        if p is not None and p.size != per_channel_size:
+            return f"a per-example {name} of shape {p.shape}"
+    return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 
 from jaxnorm import _validate as v
-from jaxnorm._implementation import resolve_implementation
+from jaxnorm._implementation import kernels, resolve_implementation, triton_unsupported, use_triton
 from jaxnorm._normalize import NormSpec, normalize
 from jaxnorm._params import expand_to
 from jaxnorm._stats import Reduction
@@ -14,7 +16,7 @@ __all__ = ["layer_norm", "rms_norm"]
 
 
 def _prepare(fn, x, params, axis, epsilon, where, implementation):
-    """Validate the common arguments; return x, expanded params, axes, mask, ε."""
+    """Validate the common arguments; return x, expanded params, axes, mask, ε, implementation."""
     x = v.check_floating(fn, x)
     if x.ndim < 1:
         raise ValueError(
@@ -23,7 +25,7 @@ def _prepare(fn, x, params, axis, epsilon, where, implementation):
         )
     axes = v.canonical_axes(fn, axis, x.ndim, x.shape)
     epsilon = v.check_epsilon(fn, epsilon)
-    resolve_implementation(fn, implementation)
+    implementation = resolve_implementation(fn, implementation)
     normalized = tuple(x.shape[a] for a in axes)
     allowed = {"the normalized axes' shape": normalized}
     per_example = 0 not in axes and x.ndim > len(axes)
@@ -35,7 +37,22 @@ def _prepare(fn, x, params, axis, epsilon, where, implementation):
         positions = axes if kind != "per example" else (0,) + axes
         expanded.append(expand_to(p, x.ndim, positions))
     mask = v.check_where(fn, where, x.shape)
-    return x, expanded, axes, mask, epsilon
+    return x, expanded, axes, mask, epsilon, implementation
+
+
+def _on_triton(fn, x, params, axes, mask, epsilon, implementation, center):
+    """The output from the Triton kernels (x as ``(rows, features)``, one group), or None for XLA."""
+    features = math.prod(x.shape[a] for a in axes)
+    unsupported = triton_unsupported(x, params, where=mask, per_channel_size=features)
+    if unsupported is None and axes != tuple(range(x.ndim - len(axes), x.ndim)):
+        unsupported = f"axis={axes} (trailing axes only)"
+    if not use_triton(fn, implementation, unsupported):
+        return None
+    flat = [None if p is None else p.reshape(features) for p in params.values()]
+    scale, bias = (flat + [None])[:2]
+    y = kernels().grouped_norm(x.reshape(-1, features), scale, bias, num_groups=1, channel_axis=-1,
+                               epsilon=epsilon, center=center)
+    return y.reshape(x.shape)
 
 
 def layer_norm(
@@ -67,7 +84,10 @@ def layer_norm(
       where: optional boolean mask of ``x``'s rank, each axis equal to
         ``x``'s or 1. False entries are left out of the statistics (even if
         they hold NaN) and their outputs are 0.
-      implementation: None (automatic), ``"xla"``, or ``"triton"``.
+      implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
+        of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
+        ValueError where they are unavailable or do not support the call),
+        or None: Triton on a GPU where installed and supported, else XLA.
 
     Returns:
       The normalized array, same shape and dtype as ``x``.
@@ -78,9 +98,12 @@ def layer_norm(
         the wrong shape, a negative epsilon, an unknown implementation.
     """
     fn = "layer_norm"
-    x, (scale, bias), axes, mask, epsilon = _prepare(
+    x, (scale, bias), axes, mask, epsilon, implementation = _prepare(
         fn, x, {"scale": scale, "bias": bias}, axis, epsilon, where, implementation
     )
+    y = _on_triton(fn, x, {"scale": scale, "bias": bias}, axes, mask, epsilon, implementation, center=True)
+    if y is not None:
+        return y
     spec = NormSpec(Reduction(axes), epsilon, center=True)
     return normalize(x, scale, bias, mask, spec)
 
@@ -107,7 +130,10 @@ def rms_norm(
       axis: int or sequence of ints to normalize over (default the last).
       epsilon: added to the mean square inside the square root.
       where: optional boolean mask as in :func:`layer_norm`.
-      implementation: None (automatic), ``"xla"``, or ``"triton"``.
+      implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
+        of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
+        ValueError where they are unavailable or do not support the call),
+        or None: Triton on a GPU where installed and supported, else XLA.
 
     Returns:
       The normalized array, same shape and dtype as ``x``.
@@ -116,8 +142,11 @@ def rms_norm(
       TypeError, ValueError: as :func:`layer_norm`.
     """
     fn = "rms_norm"
-    x, (scale,), axes, mask, epsilon = _prepare(
+    x, (scale,), axes, mask, epsilon, implementation = _prepare(
         fn, x, {"scale": scale}, axis, epsilon, where, implementation
     )
+    y = _on_triton(fn, x, {"scale": scale}, axes, mask, epsilon, implementation, center=False)
+    if y is not None:
+        return y
     spec = NormSpec(Reduction(axes), epsilon, center=False)
     return normalize(x, scale, None, mask, spec)

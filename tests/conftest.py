@@ -1,4 +1,4 @@
-"""Test configuration: 8 simulated CPU devices, float64 enabled.
+"""Test configuration: 8 simulated CPU devices, float64 enabled, Triton's interpreter without a GPU.
 
 The device count must be set before jax is first imported (here, before the
 ``import jax`` below), so every test module sees the same 8 CPU devices:
@@ -11,7 +11,15 @@ _DEVICES = "--xla_force_host_platform_device_count=8"
 if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}".strip()
 
+# Several test workers may share one GPU: allocate its memory on demand.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 import jax  # noqa: E402
 
 # check_grads in float64 needs x64; every test states the dtypes it uses.
 jax.config.update("jax_enable_x64", True)
+
+# Without a GPU the Triton kernels run in Triton's interpreter on PyTorch CPU
+# tensors; the variable must be set before triton is first imported.
+if jax.default_backend() != "gpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")

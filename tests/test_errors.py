@@ -33,7 +33,7 @@ FUNCS = {
 ALL = ("layer_norm", "rms_norm", "group_norm", "instance_norm")
 FEATURE = ("layer_norm", "rms_norm")  # normalize over `axis`
 CHANNEL = ("group_norm", "instance_norm")  # batch axis 0, `channel_axis`
-WITH_IMPL = ("layer_norm", "rms_norm", "group_norm")  # take `implementation`
+WITH_IMPL = ("layer_norm", "rms_norm", "group_norm", "instance_norm")  # take `implementation`
 PARAMS = {  # parameters each function takes besides x
     "layer_norm": ("scale", "bias"),
     "rms_norm": ("scale",),
@@ -250,8 +250,10 @@ for _name in ALL:
 IMPL_CASES = []
 for _name in WITH_IMPL:
     IMPL_CASES.append(case(
-        _name, DEFAULT_SHAPE[_name], dict(implementation="triton"), ValueError,
-        rf"^{_name}: implementation='triton' .*does not include; use implementation=None or 'xla'"))
+        _name, DEFAULT_SHAPE[_name], dict(implementation="triton", where=np.ones(DEFAULT_SHAPE[_name], bool)),
+        ValueError,
+        rf"^{_name}: implementation='triton' (does not support a mask \(where=\)|needs ).*; "
+        rf"use implementation=None or 'xla'"))
     for _impl in ("cuda", "XLA", "", 1):
         IMPL_CASES.append(case(
             _name, DEFAULT_SHAPE[_name], dict(implementation=_impl), ValueError,
