@@ -177,3 +177,24 @@ def test_plan_fills_the_gpu_and_covers_every_position(shape, groups, axis):
     assert (p.split - 1) * p.s_chunk < layout.s <= p.split * p.s_chunk  # no empty program, nothing left out
     assert p.block_s * p.block_c <= 8192 and p.s_chunk % p.block_s == 0
     assert 1 <= p.rows <= layout.n and (p.split == 1 or p.rows == 1)
+
+
+def test_kernels_never_import_jaxnorm_or_flax():
+    """The layering rule: kernels know nothing of jaxnorm or Flax (torch only in the CPU test harness)."""
+    import ast
+    import pathlib
+
+    import jaxnorm_kernels
+
+    folder = pathlib.Path(jaxnorm_kernels.__file__).parent
+    files = sorted(folder.glob("*.py"))
+    assert len(files) >= 5
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in {"__future__", "dataclasses", "functools", "math", "os", "triton", "jax",
+                               "jax_triton", "numpy", "torch", "jaxnorm_kernels"}, (path.name, name)
+                assert top != "torch" or path.name in ("torch_ops.py", "jax_ops.py"), (path.name, name)
