@@ -71,6 +71,14 @@ def _shift(x_ptr, base, CENTER: tl.constexpr):
 
 
 @triton.jit
+def _saved_group(x_ptr, m_ptr, r_ptr, n, g, G: tl.constexpr, CG: tl.constexpr, STRIDE_N: tl.constexpr,
+                 STRIDE_C: tl.constexpr, CENTER: tl.constexpr):
+    """``(base, K, m, r)`` of group ``(n, g)`` for the backward: its offset, shift and saved statistics."""
+    base = _group_base(n, g, CG, STRIDE_N, STRIDE_C)
+    return base, _shift(x_ptr, base, CENTER), tl.load(m_ptr + n * G + g), tl.load(r_ptr + n * G + g)
+
+
+@triton.jit
 def _partial_moments(x_ptr, base, k, s_begin, s_end, CG: tl.constexpr, STRIDE_S: tl.constexpr,
                      STRIDE_C: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """``(Σ (x − k), Σ (x − k)²)`` over positions ``[s_begin, s_end)`` of one group."""
@@ -299,10 +307,7 @@ def backward_fused_kernel(x_ptr, dy_ptr, scale_ptr, bias_ptr, m_ptr, r_ptr, dx_p
     for i in range(ROWS):
         n = tl.program_id(0) * ROWS + i
         if n < N:
-            base = _group_base(n, g, CG, STRIDE_N, STRIDE_C)
-            k = _shift(x_ptr, base, CENTER)
-            m = tl.load(m_ptr + n * G + g)
-            r = tl.load(r_ptr + n * G + g)
+            base, k, m, r = _saved_group(x_ptr, m_ptr, r_ptr, n, g, G, CG, STRIDE_N, STRIDE_C, CENTER)
             su, sux = _backward_sums(x_ptr, dy_ptr, scale_ptr, bias_ptr, dscale_ptr, dbias_ptr,
                                      tl.program_id(0), base, g, k, m, r, 0, S, C, CG, STRIDE_S, STRIDE_C,
                                      BLOCK_S, BLOCK_C, CENTER, HAS_SCALE, HAS_BIAS, SILU, ROWS > 1)
@@ -321,10 +326,7 @@ def backward_partials_kernel(x_ptr, dy_ptr, scale_ptr, bias_ptr, m_ptr, r_ptr, p
     """Per-chunk ``(Σ u, Σ u·x̂)`` into ``part[n, g, p]``; dscale/dbias partials into row n·SPLIT + p."""
     CG: tl.constexpr = C // G
     n, g, p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    base = _group_base(n, g, CG, STRIDE_N, STRIDE_C)
-    k = _shift(x_ptr, base, CENTER)
-    m = tl.load(m_ptr + n * G + g)
-    r = tl.load(r_ptr + n * G + g)
+    base, k, m, r = _saved_group(x_ptr, m_ptr, r_ptr, n, g, G, CG, STRIDE_N, STRIDE_C, CENTER)
     s_begin = p * S_CHUNK
     su, sux = _backward_sums(x_ptr, dy_ptr, scale_ptr, bias_ptr, dscale_ptr, dbias_ptr, n * SPLIT + p, base, g,
                              k, m, r, s_begin, tl.minimum(s_begin + S_CHUNK, S), C, CG, STRIDE_S, STRIDE_C,
@@ -345,10 +347,7 @@ def backward_dx_kernel(x_ptr, dy_ptr, scale_ptr, bias_ptr, m_ptr, r_ptr, part_pt
     CG: tl.constexpr = C // G
     M: tl.constexpr = S * CG
     n, g, p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    base = _group_base(n, g, CG, STRIDE_N, STRIDE_C)
-    k = _shift(x_ptr, base, CENTER)
-    m = tl.load(m_ptr + n * G + g)
-    r = tl.load(r_ptr + n * G + g)
+    base, k, m, r = _saved_group(x_ptr, m_ptr, r_ptr, n, g, G, CG, STRIDE_N, STRIDE_C, CENTER)
     su, sux = _chunk_totals(part_ptr, n * G + g, SPLIT, SPLIT_P2)
     mean_u = su / M if CENTER else 0.0
     s_begin = p * S_CHUNK
