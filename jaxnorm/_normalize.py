@@ -21,8 +21,13 @@ operations, so forward mode and every higher order keep working.
 
 Reverse mode stores only ``x`` and the per-set statistics
 (``jax.checkpoint``) and recomputes ``x̂``, fused, in the backward pass. The
-rule is grouped in one of two ways (see ``_normalize_jvp``), whichever
-measured faster on XLA:CPU for that layout.
+rule is written so that its transpose is the hand-derived backward with the
+fewest passes over the data (see ``_tangent_fine`` and ``_tangent_full``):
+per-set sums of ``g`` and ``x̂·g`` (taken once, and shared with ``dγ`` and
+``dβ`` where the parameters are constant along some reduced axes), then one
+elementwise pass for ``dx``. Where two of those passes would share a
+full-size value, they compute it in different views (:mod:`jaxnorm._views`)
+so that XLA:CPU recomputes it rather than storing it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxnorm._stats import Reduction, compute_dtype, moments
+from jaxnorm._views import unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 
@@ -93,7 +99,9 @@ def _prepare(spec: NormSpec, x, scale, where):
     Returns ``(c, rstd, a, means, stats)`` with ``a = rstd·scale``, ``means``
     a function giving the masked means over a set of one or more arrays
     (one collective across devices), and ``stats`` the statistics
-    ``(shift, mean_shifted, var, count)`` without gradient.
+    ``(shift, mean_shifted, var, count)`` without gradient. ``means`` also
+    carries ``shift`` and ``mean_shifted`` with their derivatives, as
+    ``means.centre``.
     """
     xc = x.astype(compute_dtype(x.dtype))
     mo = moments(xc, spec.reduction, where=where, center=spec.center)
@@ -113,6 +121,7 @@ def _prepare(spec: NormSpec, x, scale, where):
             return sums / safe_count
         return tuple(t / safe_count for t in sums)
 
+    means.centre = (shift, mean_shifted)
     stats = tuple(lax.stop_gradient(t) for t in (mo.shift, mo.mean_shifted, mo.var, count))
     return c, rstd, a, means, stats
 
@@ -132,6 +141,105 @@ def _normalize(spec, x, scale, bias, where):
 
 @_normalize.defjvp
 def _normalize_jvp(spec, primals, tangents):
+    x, scale, bias, where = primals
+    if where is not None:
+        return _masked_jvp(spec, primals, tangents)
+    x_dot, scale_dot, bias_dot, _ = tangents
+    c, rstd, a, means, stats = _prepare(spec, x, scale, None)
+    y = _finish(c * a if bias is None else c * a + bias, None, x.dtype)
+    count = stats[3]
+    fine = _fine_axes(spec.reduction, scale, bias)
+    xhat = functools.partial(_xhat, spec, x.astype(c.dtype), means.centre, rstd)
+    g = x_dot.astype(c.dtype)
+    if fine:
+        t = _tangent_fine(spec, fine, g, xhat, a, count, scale_dot, bias_dot)
+    else:
+        t = _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot)
+    zeros = tuple(jnp.zeros_like(s) for s in stats)
+    return (y,) + stats, (_finish(t, None, x.dtype),) + zeros
+
+
+def _xhat(spec, xc, centre, rstd, k):
+    """``x̂ = ((x − shift) − mean_shifted) · rstd`` (``x · rstd`` uncentered), in view ``k``."""
+    shift, mean_shifted = centre
+    v = functools.partial(view, k=k)
+    c = (v(xc) - v(shift)) - v(mean_shifted) if spec.center else v(xc)
+    return c * v(rstd)
+
+
+def _fine_axes(reduction, scale, bias) -> tuple[int, ...]:
+    """Reduced axes along which ``scale`` and ``bias`` are constant."""
+    return tuple(
+        ax for ax in reduction.axes
+        if all(p is None or jnp.shape(p)[ax] == 1 for p in (scale, bias))
+    )
+
+
+def _tangent_fine(spec, fine, g, xhat, a, count, scale_dot, bias_dot):
+    """ẏ when ``a = γ·rstd`` is constant along the ``fine`` reduced axes (BN, GN, IN).
+
+    Written as ``ẏ = a·ẋ + x̂·U + V`` with ``U = γ̇ − a·E[x̂·ẋ]`` and
+    ``V = β̇ − a·E[ẋ]`` of the "fine" shape (1 along ``fine``), so that its
+    transpose sums ``g`` and ``x̂·g`` over ``fine`` once, and both the
+    parameters' gradients and the per-set means come from those partials.
+    """
+    r = spec.reduction
+    rest = dataclasses.replace(r, axes=tuple(ax for ax in r.axes if ax not in fine))
+    shape = tuple(1 if ax in fine else n for ax, n in enumerate(g.shape))
+    safe_count = jnp.maximum(count, 1)
+
+    def fine_sum(t, k):
+        return unview(jnp.sum(t, tuple(ax + k for ax in fine), keepdims=True), k)
+
+    # ẋ's side in view 1 (its transpose is the dx fusion), the outputs' side
+    # in view 0 (its transpose is the sums over ``fine``).
+    g1, xh1 = view(g, 1), xhat(1)
+    if spec.center:
+        sums = rest.sum(fine_sum(xh1 * g1, 1), fine_sum(g1, 1))
+        mean_gx, mean_g = (s / safe_count for s in sums)
+    else:
+        mean_gx, mean_g = rest.sum(fine_sum(xh1 * g1, 1)) / safe_count, None
+    u = -a * mean_gx
+    # The barriers keep XLA from merging, in the transpose, the sum over the
+    # remaining axes into the sum over ``fine`` (which would leave x̂·g to be
+    # summed twice, and stored in between).
+    if scale_dot is not None:
+        u = u + lax.optimization_barrier(jnp.broadcast_to(scale_dot, shape))
+    v = -a * mean_g if mean_g is not None else None
+    if bias_dot is not None:
+        bias_dot = lax.optimization_barrier(jnp.broadcast_to(bias_dot, shape))
+        v = bias_dot if v is None else v + bias_dot
+    t = xhat(0) * u
+    if v is not None:
+        t = t + v
+    return t + unview(view(a, 1) * g1, 1)
+
+
+def _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot):
+    """ẏ when ``γ`` varies along every reduced axis (LayerNorm, RMSNorm).
+
+    ``ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[x̂·ẋ]) + x̂·γ̇ + β̇``; its transpose is one
+    fusion of per-set sums and ``dx``, and a separate (differently viewed)
+    sum for ``dγ``.
+    """
+    safe_count = jnp.maximum(count, 1)
+    xh = xhat(0)
+    if spec.center:
+        sums = spec.reduction.sum(xh * g, g)
+        mean_gx, mean_g = (s / safe_count for s in sums)
+        inner = g - mean_g - xh * mean_gx
+    else:
+        inner = g - xh * (spec.reduction.sum(xh * g) / safe_count)
+    t = rstd * inner if scale is None else (rstd * scale) * inner
+    if scale_dot is not None:
+        t = t + unview(xhat(1) * view(scale_dot, 1), 1)
+    if bias_dot is not None:
+        t = t + bias_dot
+    return t
+
+
+def _masked_jvp(spec, primals, tangents):
+    """The derivative with a mask (entries outside it are 0 and unused)."""
     x, scale, bias, where = primals
     x_dot, scale_dot, bias_dot, _ = tangents
     c, rstd, a, means, stats = _prepare(spec, x, scale, where)

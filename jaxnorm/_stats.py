@@ -1,4 +1,4 @@
-"""The statistics core: exact moments over any reduction set, in one pass.
+"""The statistics core: exact moments over any reduction set.
 
 Every scheme in jaxnorm normalizes with the mean and variance of some set of
 entries of its input: LayerNorm over the feature axes, InstanceNorm over the
@@ -8,15 +8,18 @@ describes that set; :func:`moments` computes its statistics.
 
 Exactness. The textbook single pass ``var = E[x²] − E[x]²`` cancels
 catastrophically when ``|mean| >> std`` (float32 at mean 1e4 loses every
-digit). Two passes cost a second read of the data. jaxnorm instead takes the
-moments of ``d = x − s``, where the *shift* ``s`` is one sample of each
-reduction set (Chan, Golub & LeVeque 1983)::
+digit). jaxnorm takes the moments of ``d = x − s``, where the *shift* ``s``
+is one sample of each reduction set (Chan, Golub & LeVeque 1983), in two
+reads of the data::
 
-    m = E[d],    var = E[d²] − m²,    mean = s + m.
+    m = E[x − s],    var = E[((x − s) − m)²],    mean = s + m.
 
 ``s`` lies within a few standard deviations of the mean, so ``m`` is of the
-order of the spread and the subtraction loses almost nothing; ``x − s`` is
-exact in floating point when ``x`` and ``s`` are close (Sterbenz). Normalized
+order of the spread; ``x − s`` is exact in floating point when ``x`` and
+``s`` are close (Sterbenz). On XLA:CPU the second read costs no more than a
+single pass that also sums ``d²`` (both are memory-bound reductions; see
+``benchmarks/bench_norms.py``), and it needs no cancelling subtraction at
+all. Normalized
 values are formed as ``(x − s) − m``, never ``x − mean``, which keeps them
 exact even at a mean of 1e6 in float32. The shift carries no gradient: the
 statistics do not depend on it, so derivatives of every order are unchanged.
@@ -54,6 +57,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxnorm._collectives import all_gather
+from jaxnorm._views import unview, view
 
 __all__ = ["Moments", "Reduction", "compute_dtype", "moments"]
 
@@ -194,9 +198,9 @@ def moments(
     where: jax.Array | None = None,
     center: bool = True,
 ) -> Moments:
-    """Exact mean and biased variance of each reduction set of ``x``, one pass.
+    """Exact mean and biased variance of each reduction set of ``x``.
 
-    ``var = E[d²] − E[d]²`` with ``d = x − shift`` (see module doc); with
+    ``m = E[x − shift]``, ``var = E[((x − shift) − m)²]`` (see module doc); with
     ``center=False`` the second moment ``E[x²]`` (RMSNorm) instead. With
     ``reduction.axis_name`` the sets extend across that named axis, combined
     with a single ``all_gather`` (see module doc).
@@ -235,10 +239,19 @@ def moments(
     else:
         shift = reduction.local_sum(select(x)) / safe_count
     shift = lax.stop_gradient(shift)
-    d = select(x - shift)
-    mean_shifted = reduction.local_sum(d) / safe_count
-    second = reduction.local_sum(d * d) / safe_count
-    var = jnp.maximum(second - mean_shifted * mean_shifted, 0)
+
+    def centred(k, mean_shifted=None):
+        """``(x − shift) [− mean_shifted]`` in view ``k``, 0 where masked."""
+        d = view(x, k) - view(shift, k)
+        if mean_shifted is not None:
+            d = d - view(mean_shifted, k)
+        return d if where is None else jnp.where(view(mask, k), d, 0)
+
+    # Two passes, each in its own view so that XLA:CPU fuses each into its
+    # reduction rather than storing x − shift (see jaxnorm._views).
+    mean_shifted = reduction.local_sum(unview(centred(1), 1)) / safe_count
+    c = centred(2, mean_shifted)
+    var = reduction.local_sum(unview(c * c, 2)) / safe_count
     if reduction.axis_name is not None:
         return _combine_members(Moments(shift, mean_shifted, var, count), reduction)
     return Moments(shift, mean_shifted, var, count)
