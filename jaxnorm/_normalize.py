@@ -162,7 +162,7 @@ def _normalize_jvp(spec, primals, tangents):
 def _xhat(spec, xc, centre, rstd, k):
     """``x̂ = ((x − shift) − mean_shifted) · rstd`` (``x · rstd`` uncentered), in view ``k``."""
     shift, mean_shifted = centre
-    v = functools.partial(view, k=k)
+    v = functools.partial(view, k=k, like=xc)
     c = (v(xc) - v(shift)) - v(mean_shifted) if spec.center else v(xc)
     return c * v(rstd)
 
@@ -188,17 +188,17 @@ def _tangent_fine(spec, fine, g, xhat, a, count, scale_dot, bias_dot):
     shape = tuple(1 if ax in fine else n for ax, n in enumerate(g.shape))
     safe_count = jnp.maximum(count, 1)
 
-    def fine_sum(t, k):
-        return unview(jnp.sum(t, tuple(ax + k for ax in fine), keepdims=True), k)
+    def fine_sum(t):
+        return jnp.sum(unview(t, g.shape), fine, keepdims=True)
 
     # ẋ's side in view 1 (its transpose is the dx fusion), the outputs' side
     # in view 0 (its transpose is the sums over ``fine``).
-    g1, xh1 = view(g, 1), xhat(1)
+    g1, xh1 = view(g, 1, g), xhat(1)
     if spec.center:
-        sums = rest.sum(fine_sum(xh1 * g1, 1), fine_sum(g1, 1))
+        sums = rest.sum(fine_sum(xh1 * g1), fine_sum(g1))
         mean_gx, mean_g = (s / safe_count for s in sums)
     else:
-        mean_gx, mean_g = rest.sum(fine_sum(xh1 * g1, 1)) / safe_count, None
+        mean_gx, mean_g = rest.sum(fine_sum(xh1 * g1)) / safe_count, None
     u = -a * mean_gx
     # The barriers keep XLA from merging, in the transpose, the sum over the
     # remaining axes into the sum over ``fine`` (which would leave x̂·g to be
@@ -212,7 +212,7 @@ def _tangent_fine(spec, fine, g, xhat, a, count, scale_dot, bias_dot):
     t = xhat(0) * u
     if v is not None:
         t = t + v
-    return t + unview(view(a, 1) * g1, 1)
+    return t + unview(view(a, 1, g) * g1, g.shape)
 
 
 def _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot):
@@ -232,7 +232,7 @@ def _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot):
         inner = g - xh * (spec.reduction.sum(xh * g) / safe_count)
     t = rstd * inner if scale is None else (rstd * scale) * inner
     if scale_dot is not None:
-        t = t + unview(xhat(1) * view(scale_dot, 1), 1)
+        t = t + unview(xhat(1) * view(scale_dot, 1, g), g.shape)
     if bias_dot is not None:
         t = t + bias_dot
     return t

@@ -242,16 +242,16 @@ def moments(
 
     def centred(k, mean_shifted=None):
         """``(x − shift) [− mean_shifted]`` in view ``k``, 0 where masked."""
-        d = view(x, k) - view(shift, k)
+        d = view(x, k, x) - view(shift, k, x)
         if mean_shifted is not None:
-            d = d - view(mean_shifted, k)
-        return d if where is None else jnp.where(view(mask, k), d, 0)
+            d = d - view(mean_shifted, k, x)
+        return d if where is None else jnp.where(view(mask, k, x), d, 0)
 
     # Two passes, each in its own view so that XLA:CPU fuses each into its
     # reduction rather than storing x − shift (see jaxnorm._views).
-    mean_shifted = reduction.local_sum(unview(centred(1), 1)) / safe_count
+    mean_shifted = reduction.local_sum(unview(centred(1), x.shape)) / safe_count
     c = centred(2, mean_shifted)
-    var = reduction.local_sum(unview(c * c, 2)) / safe_count
+    var = reduction.local_sum(unview(c * c, x.shape)) / safe_count
     if reduction.axis_name is not None:
         return _combine_members(Moments(shift, mean_shifted, var, count), reduction)
     return Moments(shift, mean_shifted, var, count)

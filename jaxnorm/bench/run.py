@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm.bench.cases import Case
+from jaxnorm.bench.memory import residual_bytes, temp_bytes
 from jaxnorm.bench.progress import Progress
 from jaxnorm.bench.timing import interleaved_medians
+from jaxnorm.bench.traffic import FWD_BWD_PASSES, FWD_PASSES, copy_bytes_per_second
 
 __all__ = ["flax_available", "run_case", "run_cases"]
 
@@ -59,15 +61,24 @@ def _flax_apply(case: Case):
 
 
 def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
-             with_flax: bool = True) -> dict:
+             with_flax: bool = True, memory: bool = False, traffic: bool = False) -> dict:
     """Check ``case`` against float64 and time it (and its Flax twin).
 
     Forward is ``y = f(x, scale, bias)``; forward+backward is the gradient of
     ``sum(y · c)`` for a fixed random cotangent ``c`` with respect to x, scale
     and bias. Both run under ``jax.jit``; jaxnorm and Flax are interleaved.
 
+    Args:
+      memory: also report, per implementation, the residuals kept for the
+        backward pass and XLA's temporary bytes for forward+backward, as
+        multiples of the input's bytes (:mod:`jaxnorm.bench.memory`).
+      traffic: also measure this machine's elementwise-copy rate on ``x``
+        and report each implementation's achieved rate against it
+        (:mod:`jaxnorm.bench.traffic`).
+
     Returns:
-      A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios.
+      A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios
+      (and the memory and traffic figures asked for).
     """
     x, scale, bias, cot = (jnp.asarray(a) for a in _inputs(case, seed, dtype))
     impls = {"jaxnorm": case.apply}
@@ -87,6 +98,10 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         row[f"{name}_rel_error_mean_1e4"] = rel
         fwd = jax.jit(apply)
         grad = jax.jit(jax.grad(lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c), argnums=(0, 1, 2)))
+        if memory:
+            row[f"{name}_residuals_x"] = residual_bytes(apply, x, scale, bias) / x.nbytes
+            temp = temp_bytes(grad, x, scale, bias, cot)
+            row[f"{name}_temp_x"] = None if temp is None else temp / x.nbytes
         forward.append(lambda f=fwd: f(x, scale, bias))
         backward.append(lambda g=grad: g(x, scale, bias, cot))
     # Forward runs are interleaved with forward runs, forward+backward with
@@ -99,15 +114,23 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     if "flax" in impls:
         row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
         row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
+    if traffic:
+        copy = copy_bytes_per_second(x, repeats=repeats)
+        row["copy_GBps"] = copy / 1e9
+        for name in impls:
+            for kind, passes in (("fwd", FWD_PASSES), ("fwd_bwd", FWD_BWD_PASSES)):
+                rate = passes * x.nbytes / (row[f"{name}_{kind}_ms"] / 1e3)
+                row[f"{name}_{kind}_GBps"] = rate / 1e9
+                row[f"{name}_{kind}_of_copy"] = rate / copy
     return row
 
 
 def run_cases(cases, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
-              with_flax: bool = True, progress: bool = True) -> list[dict]:
-    """:func:`run_case` on each case, with a progress bar on standard error."""
+              with_flax: bool = True, progress: bool = True, **measure) -> list[dict]:
+    """:func:`run_case` on each case (``measure``: its memory/traffic flags), with a progress bar."""
     bar = Progress(len(cases), enabled=progress)
     rows = []
     for case in cases:
-        rows.append(run_case(case, repeats=repeats, seed=seed, dtype=dtype, with_flax=with_flax))
+        rows.append(run_case(case, repeats=repeats, seed=seed, dtype=dtype, with_flax=with_flax, **measure))
         bar.step(f"{case.scheme} {'x'.join(map(str, case.shape))}")
     return rows

@@ -1,0 +1,65 @@
+"""What the XLA path keeps for its backward pass, and the speed harness's memory columns.
+
+Issue 7's memory target: the residuals kept between forward and backward are
+about one copy of the input (x itself plus per-set statistics), not the
+normalized array or other full-size intermediates as well.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm
+from jaxnorm.bench.cases import batch_cases, batch_independent_cases
+from jaxnorm.bench.memory import residual_bytes, temp_bytes
+from jaxnorm.bench.run import run_case
+
+SHAPE = (4, 8, 8, 64)
+SCHEMES = ["layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm"]
+
+
+def _case(scheme, shape=SHAPE):
+    return next(c for c in batch_independent_cases(shape) + batch_cases(shape) if c.scheme == scheme)
+
+
+def _inputs(shape=SHAPE):
+    rng = np.random.default_rng(0)
+    c = shape[-1]
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    return x, jnp.ones((c,), jnp.float32), jnp.zeros((c,), jnp.float32)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_residuals_are_about_one_copy_of_x(scheme):
+    x, s, b = _inputs()
+    assert residual_bytes(_case(scheme).apply, x, s, b) <= 1.1 * x.nbytes
+
+
+def test_residual_measure_sees_stored_intermediates():
+    # A LayerNorm written op by op keeps x − mean and the normalized array too.
+    def naive(x, s, b):
+        c = x - jnp.mean(x, -1, keepdims=True)
+        return c / jnp.sqrt(jnp.mean(c * c, -1, keepdims=True) + 1e-5) * s + b
+
+    x, s, b = _inputs()
+    assert residual_bytes(naive, x, s, b) >= 1.9 * x.nbytes
+
+
+def test_temp_bytes_of_a_compiled_function():
+    x, s, b = _inputs()
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(jaxnorm.layer_norm(x, s, b) ** 2)))
+    temp = temp_bytes(grad, x)
+    assert temp is None or temp >= 0
+
+
+@pytest.mark.parametrize("scheme", ["layer_norm", "group_norm"])
+def test_run_case_reports_memory_and_traffic(scheme):
+    row = run_case(_case(scheme, (2, 8, 8, 64)), repeats=2, memory=True, traffic=True)
+    for impl in ("jaxnorm", "flax"):
+        assert row[f"{impl}_residuals_x"] > 0.9
+        assert row[f"{impl}_temp_x"] is None or row[f"{impl}_temp_x"] >= 0
+        for kind in ("fwd", "fwd_bwd"):
+            assert row[f"{impl}_{kind}_GBps"] > 0
+            assert row[f"{impl}_{kind}_of_copy"] == pytest.approx(row[f"{impl}_{kind}_GBps"] / row["copy_GBps"])
+    assert row["jaxnorm_residuals_x"] <= 1.1
