@@ -41,7 +41,7 @@ from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxnorm._stats import Reduction, compute_dtype, moments
-from jaxnorm._views import unview, view
+from jaxnorm._views import split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 
@@ -160,9 +160,15 @@ def _normalize_jvp(spec, primals, tangents):
 
 
 def _xhat(spec, xc, centre, rstd, k):
-    """``x̂ = ((x − shift) − mean_shifted) · rstd`` (``x · rstd`` uncentered), in view ``k``."""
+    """``x̂ = ((x − shift) − mean_shifted) · rstd`` (``x · rstd`` uncentered), in view ``k``.
+
+    ``k = "split"`` is :func:`jaxnorm._views.split_view`.
+    """
     shift, mean_shifted = centre
-    v = functools.partial(view, k=k, like=xc)
+    if k == "split":
+        v = functools.partial(split_view, like=xc)
+    else:
+        v = functools.partial(view, k=k, like=xc)
     c = (v(xc) - v(shift)) - v(mean_shifted) if spec.center else v(xc)
     return c * v(rstd)
 
@@ -232,7 +238,8 @@ def _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot):
         inner = g - xh * (spec.reduction.sum(xh * g) / safe_count)
     t = rstd * inner if scale is None else (rstd * scale) * inner
     if scale_dot is not None:
-        t = t + unview(xhat(1) * view(scale_dot, 1, g), g.shape)
+        # Split, not unit axes: this sum runs over the leading axes.
+        t = t + unview(xhat("split") * split_view(scale_dot, g), g.shape)
     if bias_dot is not None:
         t = t + bias_dot
     return t

@@ -247,10 +247,16 @@ def moments(
             d = d - view(mean_shifted, k, x)
         return d if where is None else jnp.where(view(mask, k, x), d, 0)
 
-    # Two passes, each in its own view so that XLA:CPU fuses each into its
+    # Two passes. Over trailing axes (rows, as in LayerNorm) XLA:CPU fuses
+    # both with their consumer into one pass over each row; otherwise each
+    # is computed in its own view, so that XLA:CPU fuses it into its
     # reduction rather than storing x − shift (see jaxnorm._views).
-    mean_shifted = reduction.local_sum(unview(centred(1), x.shape)) / safe_count
-    c = centred(2, mean_shifted)
+    rows = reduction.group_axis is None and reduction.axes == tuple(
+        range(x.ndim - len(reduction.axes), x.ndim)
+    )
+    first, second = (0, 0) if rows else (1, 2)
+    mean_shifted = reduction.local_sum(unview(centred(first), x.shape)) / safe_count
+    c = centred(second, mean_shifted)
     var = reduction.local_sum(unview(c * c, x.shape)) / safe_count
     if reduction.axis_name is not None:
         return _combine_members(Moments(shift, mean_shifted, var, count), reduction)

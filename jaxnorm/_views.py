@@ -1,18 +1,16 @@
 """Views: the same array under another HLO shape, to steer XLA:CPU's fusion.
 
-``view(t, k, like)`` reshapes ``t`` (an array that broadcasts against the
-array ``like``) into the ``k``-th alternative shape of ``like``'s: one axis split
-as ``(2**k, n / 2**k)`` (the first axis but the last whose size ``2**k``
-divides), or else ``k`` extra leading unit axes. The data and the math are
-unchanged; ``unview`` reshapes back.
+``view(t, k, like)`` gives ``t`` (an array that broadcasts against the array
+``like``) ``k`` extra leading unit axes; ``split_view`` splits one of its
+axes in two instead. The data and the math are unchanged; ``unview``
+reshapes back.
 
 Why. On XLA:CPU (jax 0.10), when two fusions use the same full-size value
 (a broadcast of per-set statistics, a recomputed ``x − shift``), XLA stores
 it in between: a full write and read of the input's size, more than the
 arithmetic it saves. Computing each fusion's operand in its own view makes
 those values distinct, so each fusion recomputes what it needs from ``x``
-instead. (Leading unit axes alone make a reduction over the remaining
-leading axes slow there, hence the split.) Elsewhere, GPU and TPU, XLA fuses
+instead. Elsewhere, GPU and TPU, XLA fuses
 these well and a reshape could move a sharded axis, so views are the
 identity off the CPU. Measured with ``benchmarks/bench_norms.py`` (issue 7).
 """
@@ -22,17 +20,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["unview", "view"]
+__all__ = ["split_view", "unview", "view"]
 
 
-def _view_shape(t_shape, shape, k):
-    factor = 2**k
-    for ax, n in enumerate(shape[:-1]):
-        if n % factor == 0:
-            size = t_shape[ax]
-            parts = (factor, n // factor) if size == n else (1, 1)
-            return t_shape[:ax] + parts + t_shape[ax + 1 :]
-    return (1,) * k + tuple(t_shape)
+def _enabled(like) -> bool:
+    return jax.default_backend() == "cpu" and not _explicitly_sharded(like)
 
 
 def _explicitly_sharded(x) -> bool:
@@ -41,16 +33,34 @@ def _explicitly_sharded(x) -> bool:
 
 
 def view(t, k: int, like):
-    """``t`` (same rank as the array ``like``, broadcastable to it) in ``like``'s ``k``-th view.
+    """``t`` (same rank as the array ``like``, broadcastable to it) with ``k`` leading unit axes.
 
     ``k = 0``, backends other than the CPU, and a ``like`` with explicit
-    sharding in its type (whose axes may not be reshaped) give ``t`` itself.
+    sharding in its type give ``t`` itself.
     """
-    if k == 0 or jax.default_backend() != "cpu" or _explicitly_sharded(like):
+    if k == 0 or not _enabled(like):
         return t
-    return jnp.reshape(t, _view_shape(jnp.shape(t), tuple(jnp.shape(like)), k))
+    return jnp.reshape(t, (1,) * k + tuple(jnp.shape(t)))
+
+
+def split_view(t, like):
+    """``t`` with ``like``'s first even axis but the last split in two, ``(2, n/2)``.
+
+    Distinct from every :func:`view`. Where XLA:CPU reduces over the leading
+    axes of a unit-axes view it is slow; this view avoids that. Without such
+    an axis, three leading unit axes instead.
+    """
+    if not _enabled(like):
+        return t
+    shape = tuple(jnp.shape(like))
+    for ax, n in enumerate(shape[:-1]):
+        if n % 2 == 0:
+            size = jnp.shape(t)[ax]
+            parts = (2, n // 2) if size == n else (1, 1)
+            return jnp.reshape(t, jnp.shape(t)[:ax] + parts + jnp.shape(t)[ax + 1 :])
+    return view(t, 3, like)
 
 
 def unview(t, shape):
-    """Undo :func:`view`: ``t`` back in ``shape`` (the original shape of the viewed array)."""
+    """Undo a view: ``t`` back in ``shape`` (the viewed array's original shape)."""
     return t if jnp.shape(t) == tuple(shape) else jnp.reshape(t, shape)
