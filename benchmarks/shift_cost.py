@@ -1,0 +1,47 @@
+"""What exactness costs a statistics pass on this backend: a reduction with and without a shift.
+
+Times, under jit and interleaved, the per-channel sum of ``x`` (what
+flax.linen reduces) against the sum of ``x − s`` with ``s`` a per-channel
+sample (what jaxnorm reduces so that it stays exact at large means).
+
+    python benchmarks/shift_cost.py [--shape 8x64x64x64] [--repeats 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm.bench.timing import interleaved_medians
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="8x64x64x64")
+    parser.add_argument("--repeats", type=int, default=80)
+    args = parser.parse_args(argv)
+    shape = tuple(int(n) for n in args.shape.split("x"))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    shift = x[(0,) * (x.ndim - 1)]
+    axes = tuple(range(x.ndim - 1))
+    fns = {
+        "sum(x)": (jax.jit(lambda x: jnp.sum(x, axes)), (x,)),
+        "sum(x*x)": (jax.jit(lambda x: jnp.sum(x * x, axes)), (x,)),
+        "sum(x - s)": (jax.jit(lambda x, s: jnp.sum(x - s, axes)), (x, shift)),
+        "sum((x - s)**2)": (jax.jit(lambda x, s: jnp.sum(jnp.square(x - s), axes)), (x, shift)),
+    }
+    times = interleaved_medians([lambda f=f, a=a: f(*a) for f, a in fns.values()], repeats=args.repeats)
+    base = dict(zip(fns, times))
+    print(f"{jax.default_backend()}, x {args.shape} float32, per-channel sums, median ms:")
+    for name, t in base.items():
+        print(f"  {name:16s} {1e3 * t:.3f}")
+    print(f"shifted/plain: {base['sum(x - s)'] / base['sum(x)']:.2f} (first moment), "
+          f"{base['sum((x - s)**2)'] / base['sum(x*x)']:.2f} (second)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
