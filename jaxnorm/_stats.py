@@ -16,10 +16,9 @@ reads of the data::
 
 ``s`` lies within a few standard deviations of the mean, so ``m`` is of the
 order of the spread; ``x − s`` is exact in floating point when ``x`` and
-``s`` are close (Sterbenz). On XLA:CPU the second read costs no more than a
-single pass that also sums ``d²`` (both are memory-bound reductions; see
-``benchmarks/bench_norms.py``), and it needs no cancelling subtraction at
-all. Normalized
+``s`` are close (Sterbenz). On XLA:CPU the second read measured about as
+fast as a single pass that also sums ``d²`` (``benchmarks/bench_norms.py``),
+and it needs no cancelling subtraction at all. Normalized
 values are formed as ``(x − s) − m``, never ``x − mean``, which keeps them
 exact even at a mean of 1e6 in float32. The shift carries no gradient: the
 statistics do not depend on it, so derivatives of every order are unchanged.

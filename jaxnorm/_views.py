@@ -10,9 +10,9 @@ Why. On XLA:CPU (jax 0.10), when two fusions use the same full-size value
 it in between: a full write and read of the input's size, more than the
 arithmetic it saves. Computing each fusion's operand in its own view makes
 those values distinct, so each fusion recomputes what it needs from ``x``
-instead. Elsewhere, GPU and TPU, XLA fuses
-these well and a reshape could move a sharded axis, so views are the
-identity off the CPU. Measured with ``benchmarks/bench_norms.py`` (issue 7).
+instead. Elsewhere (GPU, TPU) XLA fuses these well and a reshape could move
+a sharded axis, so views are the identity off the CPU. ``benchmarks/xla_passes.py`` lists the fused kernels
+and their outputs; ``benchmarks/bench_norms.py`` times the result (issue 7).
 """
 
 from __future__ import annotations
