@@ -34,6 +34,24 @@ WITH_FLAX = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_nor
 TARGETS = {"ratio_fwd_bwd": 0.5, "ratio_fwd": 1.0, "jaxnorm_residuals_x": 1.1}
 
 
+# What exactness costs: the same jaxnorm code with textbook statistics.
+EXACTNESS_COST_COLUMNS = [
+    ("scheme", "scheme", "{}"),
+    ("fwd ratio", "ratio_fwd", "{:.2f}"),
+    ("unshifted", "unshifted_ratio_fwd", "{:.2f}"),
+    ("f+b ratio", "ratio_fwd_bwd", "{:.2f}"),
+    ("unshifted", "unshifted_ratio_fwd_bwd", "{:.2f}"),
+    ("err@1e4", "jaxnorm_rel_error_mean_1e4", "{:.0e}"),
+    ("unshifted", "unshifted_rel_error_mean_1e4", "{:.0e}"),
+    ("flax", "flax_rel_error_mean_1e4", "{:.0e}"),
+]
+EXACTNESS_COST_LEGEND = (
+    "Ratios to flax.linen of jaxnorm as shipped (exact, shifted statistics) and of the same code\n"
+    "with textbook statistics E[x], E[(x - E[x])^2] (jaxnorm._stats.unshifted_statistics), timed\n"
+    "in the same interleaved runs; err@1e4: relative L2 error at mean 1e4 against float64."
+)
+
+
 def cases(schemes=None):
     out = []
     for shape in CNN_SHAPES:
@@ -67,11 +85,14 @@ def main(argv=None) -> int:
     backend = jax.default_backend()
     out = args.out or f"benchmarks/results/norms_{'' if backend == 'cpu' else 'xla_'}{backend}.json"
     schemes = None if args.schemes is None else set(args.schemes.split(","))
-    rows = run_cases(cases(schemes), repeats=args.repeats, memory=True, traffic=True)
+    rows = run_cases(cases(schemes), repeats=args.repeats, memory=True, traffic=True, unshifted=True)
     for row in rows:
         row["scheme"] = f"{row['scheme']} {'x'.join(map(str, row['shape']))}"
     print(format_table(rows, SPEED_COLUMNS))
     print(SPEED_LEGEND)
+    print()
+    print(format_table([r for r in rows if "unshifted_ratio_fwd" in r], EXACTNESS_COST_COLUMNS))
+    print(EXACTNESS_COST_LEGEND)
     summary = target_summary(rows)
     print("\n".join(["targets (schemes with a flax.linen counterpart):"] + summary))
     write_json(out, rows, command="python benchmarks/bench_norms.py " + " ".join(sys.argv[1:]),

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
-from jaxnorm._stats import Reduction, compute_dtype, moments
+from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
 from jaxnorm._views import split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
@@ -56,11 +56,14 @@ class NormSpec:
       reduction: the sets of entries that share statistics.
       epsilon: added to the variance inside the square root.
       center: subtract the mean (False for RMSNorm).
+      shifted: exact shifted moments; False only inside
+        :func:`jaxnorm._stats.unshifted_statistics` (measurement).
     """
 
     reduction: Reduction
     epsilon: float
     center: bool = True
+    shifted: bool = dataclasses.field(default_factory=shifted_default)
 
 
 def normalize(x, scale, bias, where, spec: NormSpec) -> jax.Array:
@@ -104,7 +107,7 @@ def _prepare(spec: NormSpec, x, scale, where):
     ``means.centre``.
     """
     xc = x.astype(compute_dtype(x.dtype))
-    mo = moments(xc, spec.reduction, where=where, center=spec.center)
+    mo = moments(xc, spec.reduction, where=where, center=spec.center, shifted=spec.shifted)
     shift, mean_shifted, count = (checkpoint_name(t, _STATS) for t in (mo.shift, mo.mean_shifted, mo.count))
     rstd = checkpoint_name(lax.rsqrt(mo.var + spec.epsilon), _STATS)
     c = (xc - shift) - mean_shifted if spec.center else xc

@@ -46,6 +46,8 @@ statistics are the same for every member, so the combination runs once.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from typing import NamedTuple
@@ -58,7 +60,33 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxnorm._collectives import all_gather
 from jaxnorm._views import unview, view
 
-__all__ = ["Moments", "Reduction", "compute_dtype", "moments"]
+__all__ = ["Moments", "Reduction", "compute_dtype", "moments", "shifted_default", "unshifted_statistics"]
+
+_SHIFTED = contextvars.ContextVar("jaxnorm_shifted_statistics", default=True)
+
+
+def shifted_default() -> bool:
+    """Whether statistics built now are shifted (True unless inside :func:`unshifted_statistics`)."""
+    return _SHIFTED.get()
+
+
+@contextlib.contextmanager
+def unshifted_statistics():
+    """Measurement only: normalizations traced inside take moments of ``x`` itself.
+
+    Without the shift the moments are the textbook two-pass ``E[x]``,
+    ``E[(x − E[x])²]``, which lose digits when ``|mean| >> std``. It exists so
+    that ``benchmarks/bench_norms.py`` can time what exactness costs, in the
+    same run; no public function exposes it. The choice is read when a
+    normalization is traced (it becomes part of its static settings), so a
+    function jitted inside the context keeps it; ``jax.jit`` caches by
+    function, so give each mode a function object of its own.
+    """
+    token = _SHIFTED.set(False)
+    try:
+        yield
+    finally:
+        _SHIFTED.reset(token)
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -196,6 +224,7 @@ def moments(
     *,
     where: jax.Array | None = None,
     center: bool = True,
+    shifted: bool = True,
 ) -> Moments:
     """Exact mean and biased variance of each reduction set of ``x``.
 
@@ -211,6 +240,8 @@ def moments(
         left out (selected away, so NaN/Inf there is harmless). A set with no
         selected entry gets zero statistics.
       center: subtract the mean (True) or not (False, RMSNorm).
+      shifted: take the moments of ``x − shift`` (exact; the default) or of
+        ``x`` itself (``shift = 0``; see :func:`unshifted_statistics`).
 
     Returns:
       :class:`Moments` with keepdims shapes.
@@ -233,7 +264,9 @@ def moments(
         second = reduction.local_sum(select(x * x))
         return Moments(zero, zero, second / safe_count, count)
 
-    if where is None:
+    if not shifted:
+        shift = jnp.zeros(reduction.first(x).shape, dtype)
+    elif where is None:
         shift = reduction.first(x)
     else:
         shift = reduction.local_sum(select(x)) / safe_count

@@ -70,3 +70,21 @@ def test_float64_stays_float64(case):
     y = case.fn(jnp.asarray(x), scale, bias, None)
     assert y.dtype == jnp.float64
     np.testing.assert_allclose(y, case.ref(x, scale, bias, None), rtol=1e-12, atol=1e-12)
+
+
+def test_the_shift_is_what_keeps_large_means_exact():
+    """Measurement switch: without the shift the same code loses digits; the default keeps them."""
+    import jax
+
+    import jaxnorm
+    from jaxnorm._stats import unshifted_statistics
+
+    x = (1e4 + np.random.default_rng(5).standard_normal((8, 6, 6, 32))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5)
+    # jit caches by function, so each mode gets a function of its own
+    with unshifted_statistics():
+        textbook = jax.jit(lambda t: jaxnorm.layer_norm(t))(x)
+    exact = jax.jit(lambda t: jaxnorm.layer_norm(t))(x)  # traced after the context: shifted again
+    assert rel_l2(textbook, ref) > 1e-5
+    assert rel_l2(exact, ref) < 1e-6

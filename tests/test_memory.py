@@ -64,3 +64,11 @@ def test_run_case_reports_memory_and_traffic(scheme):
             assert row[f"{impl}_{kind}_GBps"] > 0
             assert row[f"{impl}_{kind}_of_copy"] == pytest.approx(row[f"{impl}_{kind}_GBps"] / row["copy_GBps"])
     assert row["jaxnorm_residuals_x"] <= 1.1
+
+
+def test_run_case_times_unshifted_statistics_next_to_flax():
+    row = run_case(_case("instance_norm", (2, 8, 8, 16)), repeats=2, unshifted=True)
+    assert row["unshifted_ratio_fwd"] == pytest.approx(row["unshifted_fwd_ms"] / row["flax_fwd_ms"])
+    assert row["unshifted_ratio_fwd_bwd"] == pytest.approx(row["unshifted_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"])
+    # the textbook statistics lose digits at mean 1e4, the shipped ones do not
+    assert row["unshifted_rel_error_mean_1e4"] > 10 * row["jaxnorm_rel_error_mean_1e4"]

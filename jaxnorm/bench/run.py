@@ -12,7 +12,8 @@ from jaxnorm.bench.cases import Case
 from jaxnorm.bench.memory import residual_bytes, temp_bytes
 from jaxnorm.bench.progress import Progress
 from jaxnorm.bench.timing import interleaved_medians
-from jaxnorm.bench.traffic import FWD_BWD_PASSES, FWD_PASSES, copy_bytes_per_second
+from jaxnorm._stats import unshifted_statistics
+from jaxnorm.bench.traffic import FWD_BWD_PASSES, FWD_PASSES, copy_pass
 
 __all__ = ["flax_available", "run_case", "run_cases"]
 
@@ -44,6 +45,16 @@ def _errors(apply, reference, x, scale, bias):
     return max_abs, rel
 
 
+def _unshifted(apply):
+    """``apply`` traced with unshifted statistics (measurement only)."""
+
+    def run(x, scale, bias):
+        with unshifted_statistics():
+            return apply(x, scale, bias)
+
+    return run
+
+
 def _flax_apply(case: Case):
     module = case.flax_module()
 
@@ -61,7 +72,8 @@ def _flax_apply(case: Case):
 
 
 def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
-             with_flax: bool = True, memory: bool = False, traffic: bool = False) -> dict:
+             with_flax: bool = True, memory: bool = False, traffic: bool = False,
+             unshifted: bool = False) -> dict:
     """Check ``case`` against float64 and time it (and its Flax twin).
 
     Forward is ``y = f(x, scale, bias)``; forward+backward is the gradient of
@@ -73,8 +85,12 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         backward pass and XLA's temporary bytes for forward+backward, as
         multiples of the input's bytes (:mod:`jaxnorm.bench.memory`).
       traffic: also measure this machine's elementwise-copy rate on ``x``
-        and report each implementation's achieved rate against it
+        (interleaved with the forward runs) and report each
+        implementation's achieved rate against it
         (:mod:`jaxnorm.bench.traffic`).
+      unshifted: also time jaxnorm with textbook, unshifted statistics
+        (:func:`jaxnorm._stats.unshifted_statistics`; inexact at large
+        means) and report its ratios to Flax: what exactness costs.
 
     Returns:
       A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios
@@ -84,6 +100,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     impls = {"jaxnorm": case.apply}
     if with_flax and case.flax_module is not None and flax_available():
         impls["flax"] = _flax_apply(case)
+        if unshifted:
+            impls["unshifted"] = _unshifted(case.apply)
 
     row = {
         "scheme": case.scheme,
@@ -98,7 +116,7 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         row[f"{name}_rel_error_mean_1e4"] = rel
         fwd = jax.jit(apply)
         grad = jax.jit(jax.grad(lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c), argnums=(0, 1, 2)))
-        if memory:
+        if memory and name != "unshifted":
             row[f"{name}_residuals_x"] = residual_bytes(apply, x, scale, bias) / x.nbytes
             temp = temp_bytes(grad, x, scale, bias, cot)
             row[f"{name}_temp_x"] = None if temp is None else temp / x.nbytes
@@ -106,6 +124,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         backward.append(lambda g=grad: g(x, scale, bias, cot))
     # Forward runs are interleaved with forward runs, forward+backward with
     # forward+backward: each group shares the allocator state it leaves.
+    if traffic:
+        forward.append(copy_pass(x))
     fwd_times = interleaved_medians(forward, repeats=repeats)
     bwd_times = interleaved_medians(backward, repeats=repeats)
     for name, tf, tb in zip(impls, fwd_times, bwd_times):
@@ -114,8 +134,11 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     if "flax" in impls:
         row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
         row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
+        if "unshifted" in impls:
+            row["unshifted_ratio_fwd"] = row["unshifted_fwd_ms"] / row["flax_fwd_ms"]
+            row["unshifted_ratio_fwd_bwd"] = row["unshifted_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
     if traffic:
-        copy = copy_bytes_per_second(x, repeats=repeats)
+        copy = 2 * x.nbytes / fwd_times[-1]
         row["copy_GBps"] = copy / 1e9
         for name in impls:
             for kind, passes in (("fwd", FWD_PASSES), ("fwd_bwd", FWD_BWD_PASSES)):
