@@ -135,10 +135,29 @@ def _finish(y, where, dtype):
     return y.astype(dtype)
 
 
+def _affine(spec, x, c, a, centre, bias):
+    """``y = c·a + β`` with ``c = (x − shift) − mean_shifted``.
+
+    Where ``a = rstd·γ`` is one value per set (BatchNorm, GroupNorm,
+    InstanceNorm with per-channel or per-example parameters), it is folded
+    to ``(x − shift)·a + (β − mean_shifted·a)``: one subtraction fewer per
+    entry, the rest computed per set. ``x − shift`` stays exact, and
+    ``mean_shifted·a`` is of the order of the spread, so nothing cancels.
+    """
+    shift, mean_shifted = centre
+    per_set = jnp.broadcast_shapes(a.shape, jnp.shape(mean_shifted)) == jnp.shape(mean_shifted)
+    if not (spec.center and per_set):
+        return c * a if bias is None else c * a + bias
+    offset = -mean_shifted * a if bias is None else bias - mean_shifted * a
+    return (x.astype(a.dtype) - shift) * a + offset
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _normalize(spec, x, scale, bias, where):
-    c, _, a, _, stats = _prepare(spec, x, scale, where)
-    y = c * a if bias is None else c * a + bias
+    c, _, a, means, stats = _prepare(spec, x, scale, where)
+    y = c * a + bias if bias is not None else c * a
+    if where is None:
+        y = _affine(spec, x, c, a, means.centre, bias)
     return (_finish(y, where, x.dtype),) + stats
 
 
@@ -149,7 +168,7 @@ def _normalize_jvp(spec, primals, tangents):
         return _masked_jvp(spec, primals, tangents)
     x_dot, scale_dot, bias_dot, _ = tangents
     c, rstd, a, means, stats = _prepare(spec, x, scale, None)
-    y = _finish(c * a if bias is None else c * a + bias, None, x.dtype)
+    y = _finish(_affine(spec, x, c, a, means.centre, bias), None, x.dtype)
     count = stats[3]
     fine = _fine_axes(spec.reduction, scale, bias)
     xhat = functools.partial(_xhat, spec, x.astype(c.dtype), means.centre, rstd)

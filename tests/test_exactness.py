@@ -88,3 +88,50 @@ def test_the_shift_is_what_keeps_large_means_exact():
     exact = jax.jit(lambda t: jaxnorm.layer_norm(t))(x)  # traced after the context: shifted again
     assert rel_l2(textbook, ref) > 1e-5
     assert rel_l2(exact, ref) < 1e-6
+
+
+def _moments(x, axes):
+    import jax
+
+    from jaxnorm._stats import Reduction, moments
+
+    return jax.jit(lambda t: moments(t, Reduction(axes)))(x)
+
+
+def test_well_conditioned_sets_take_the_textbook_branch_ill_conditioned_the_shifted():
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((6, 4, 4, 16)).astype(np.float32)
+    for mean, textbook in ((0.5, True), (1e3, False)):
+        x = (mean + z).astype(np.float32)
+        mo = _moments(x, (1, 2))
+        # the textbook branch uses the mean as its shift; the shifted one, a sample
+        sample = x[:, :1, :1, :]
+        assert np.array_equal(np.asarray(mo.shift), sample) != textbook
+        x64 = x.astype(np.float64)
+        np.testing.assert_allclose(mo.mean, x64.mean((1, 2), keepdims=True), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(mo.var, x64.var((1, 2), keepdims=True), rtol=1e-5)
+
+
+def test_one_ill_conditioned_set_sends_every_set_to_the_shifted_moments():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    x[3] += 1e4  # one row far from zero
+    mo = _moments(x, (1,))
+    np.testing.assert_array_equal(mo.shift, x[:, :1])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mo.var, x64.var(1, keepdims=True), rtol=1e-5)
+
+
+def test_vmap_over_mixed_conditioning_is_exact_per_example():
+    import jax
+
+    import jaxnorm
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 4, 8, 8, 16)).astype(np.float32)
+    x[1] += 1e4
+    y = jax.vmap(jaxnorm.instance_norm)(x)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean((2, 3), keepdims=True)) / np.sqrt(x64.var((2, 3), keepdims=True) + 1e-5)
+    for i in range(3):
+        assert rel_l2(y[i], ref[i]) < 3e-7
