@@ -9,7 +9,7 @@ a multiple of the input's bytes. Schemes without a flax.linen counterpart are
 timed alone. Each is also checked against its float64 reference. Writes JSON
 with the machine and versions; runs on any JAX backend (CPU, GPU).
 
-    python benchmarks/bench_norms.py [--repeats 40] [--schemes layer_norm,...] [--out PATH]
+    python benchmarks/bench_norms.py [--repeats 40] [--schemes layer_norm,...] [--mean 1e4] [--out PATH]
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ EXACTNESS_COST_COLUMNS = [
     ("flax", "flax_rel_error_mean_1e4", "{:.0e}"),
 ]
 EXACTNESS_COST_LEGEND = (
-    "Ratios to flax.linen of jaxnorm as shipped (exact, shifted statistics) and of the same code\n"
-    "with textbook statistics E[x], E[(x - E[x])^2] (jaxnorm._stats.unshifted_statistics), timed\n"
-    "in the same interleaved runs; err@1e4: relative L2 error at mean 1e4 against float64."
+    "Ratios to flax.linen of jaxnorm as shipped (textbook moments where every set has\n"
+    "mean^2 <= 4 var, shifted ones otherwise: exact at any mean) and of the same code with\n"
+    "unshifted statistics E[x], E[(x - E[x])^2] everywhere (jaxnorm._stats.unshifted_statistics),\n"
+    "timed in the same interleaved runs; err@1e4: relative L2 error at mean 1e4 against float64."
 )
 
 
@@ -79,13 +80,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--schemes", help="comma-separated scheme names (default all)")
+    parser.add_argument("--mean", type=float, default=0.0,
+                        help="mean of the timed input, unit spread (default 0: activations; "
+                        "1e4 times jaxnorm's exact branch for inputs far from zero)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/norms_<backend>.json; "
                         "norms_xla_<backend>.json off the CPU)")
     args = parser.parse_args(argv)
     backend = jax.default_backend()
-    out = args.out or f"benchmarks/results/norms_{'' if backend == 'cpu' else 'xla_'}{backend}.json"
+    suffix = "" if args.mean == 0 else f"_mean{args.mean:g}"
+    out = args.out or f"benchmarks/results/norms_{'' if backend == 'cpu' else 'xla_'}{backend}{suffix}.json"
     schemes = None if args.schemes is None else set(args.schemes.split(","))
-    rows = run_cases(cases(schemes), repeats=args.repeats, memory=True, traffic=True, unshifted=True)
+    rows = run_cases(cases(schemes), repeats=args.repeats, memory=True, traffic=True, unshifted=True,
+                     mean=args.mean)
     for row in rows:
         row["scheme"] = f"{row['scheme']} {'x'.join(map(str, row['shape']))}"
     print(format_table(rows, SPEED_COLUMNS))

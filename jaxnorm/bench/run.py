@@ -73,7 +73,7 @@ def _flax_apply(case: Case):
 
 def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
              with_flax: bool = True, memory: bool = False, traffic: bool = False,
-             unshifted: bool = False) -> dict:
+             unshifted: bool = False, mean: float = 0.0) -> dict:
     """Check ``case`` against float64 and time it (and its Flax twin).
 
     Forward is ``y = f(x, scale, bias)``; forward+backward is the gradient of
@@ -88,6 +88,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         (interleaved with the forward runs) and report each
         implementation's achieved rate against it
         (:mod:`jaxnorm.bench.traffic`).
+      mean: added to the timed input (unit spread). At 0 jaxnorm takes its
+        fast textbook moments; far from 0 (e.g. 1e4) its shifted ones.
       unshifted: also time jaxnorm with textbook, unshifted statistics
         (:func:`jaxnorm._stats.unshifted_statistics`; inexact at large
         means) and report its ratios to Flax: what exactness costs.
@@ -96,7 +98,9 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
       A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios
       (and the memory and traffic figures asked for).
     """
-    x, scale, bias, cot = (jnp.asarray(a) for a in _inputs(case, seed, dtype))
+    x, scale, bias, cot = _inputs(case, seed, dtype)
+    x = (x.astype(np.float64) + mean).astype(dtype)
+    x, scale, bias, cot = (jnp.asarray(a) for a in (x, scale, bias, cot))
     impls = {"jaxnorm": case.apply}
     if with_flax and case.flax_module is not None and flax_available():
         impls["flax"] = _flax_apply(case)
@@ -131,6 +135,7 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     for name, tf, tb in zip(impls, fwd_times, bwd_times):
         row[f"{name}_fwd_ms"] = 1e3 * tf
         row[f"{name}_fwd_bwd_ms"] = 1e3 * tb
+    row["input_mean"] = mean
     if "flax" in impls:
         row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
         row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
