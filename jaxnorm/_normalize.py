@@ -155,9 +155,10 @@ def _affine(spec, x, c, a, centre, bias):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _normalize(spec, x, scale, bias, where):
     c, _, a, means, stats = _prepare(spec, x, scale, where)
-    y = c * a + bias if bias is not None else c * a
     if where is None:
         y = _affine(spec, x, c, a, means.centre, bias)
+    else:
+        y = c * a if bias is None else c * a + bias
     return (_finish(y, where, x.dtype),) + stats
 
 

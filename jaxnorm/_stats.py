@@ -234,7 +234,9 @@ def moments(
 ) -> Moments:
     """Exact mean and biased variance of each reduction set of ``x``.
 
-    ``m = E[x − shift]``, ``var = E[((x − shift) − m)²]`` (see module doc); with
+    ``m = E[x − shift]``, ``var = E[((x − shift) − m)²]`` (see module doc),
+    or, without a mask and where every set is well conditioned, the textbook
+    ``E[x]``, ``E[x²] − E[x]²`` (:func:`_conditioned_moments`); with
     ``center=False`` the second moment ``E[x²]`` (RMSNorm) instead. With
     ``reduction.axis_name`` the sets extend across that named axis, combined
     with a single ``all_gather`` (see module doc).
