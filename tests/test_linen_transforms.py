@@ -94,9 +94,16 @@ def perturbed(variables, seed=1):
 
 
 def assert_trees_close(a, b):
+    """Leaf by leaf: float64 to 1e-10; float32 leaves (running statistics) to float32 rounding.
+
+    A float32 running statistic is a float64 batch statistic rounded once;
+    two float64 values that differ in their last bits may round to adjacent
+    float32 values, so bitwise equality would test XLA's fusion order.
+    """
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(u, v, **TOL)
+        tol = TOL if np.asarray(u).dtype == np.float64 else {"rtol": 3e-7, "atol": 1e-7}
+        np.testing.assert_allclose(u, v, **tol)
 
 
 def is_training_mode(name):
