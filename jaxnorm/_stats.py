@@ -257,6 +257,7 @@ def moments(
     dtype = compute_dtype(x.dtype)
     x = x.astype(dtype)
     if where is None:
+        mask = None
         count = jnp.asarray(reduction.size(x.shape), dtype)
         select = lambda t: t
     else:
@@ -275,7 +276,7 @@ def moments(
     if where is None and shifted:
         local = _conditioned_moments(x, reduction, count, safe_count)
     else:
-        local = _shifted_moments(x, reduction, count, safe_count, where, shifted)
+        local = _shifted_moments(x, reduction, count, safe_count, mask, shifted)
     if reduction.axis_name is not None:
         return _combine_members(local, reduction)
     return local
@@ -318,13 +319,15 @@ def _conditioned_moments(x, reduction: Reduction, count, safe_count) -> Moments:
     return lax.cond(conditioned, textbook, shifted)
 
 
-def _shifted_moments(x, reduction: Reduction, count, safe_count, where, shifted: bool) -> Moments:
-    """``m = E[x − shift]``, ``var = E[((x − shift) − m)²]`` on this member (module doc)."""
+def _shifted_moments(x, reduction: Reduction, count, safe_count, mask, shifted: bool) -> Moments:
+    """``m = E[x − shift]``, ``var = E[((x − shift) − m)²]`` on this member (module doc).
+
+    ``mask``: None, or the selection broadcast to ``x``'s shape.
+    """
     dtype = x.dtype
-    mask = None if where is None else jnp.broadcast_to(where, x.shape)
     if not shifted:
         shift = jnp.zeros(reduction.first(x).shape, dtype)
-    elif where is None:
+    elif mask is None:
         shift = reduction.first(x)
     else:
         shift = reduction.local_sum(jnp.where(mask, x, 0)) / safe_count
