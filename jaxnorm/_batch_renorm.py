@@ -10,6 +10,7 @@ from jax import lax
 from jaxnorm._batch_norm import batch_moments, running_normalize
 from jaxnorm._batch_setup import by_channel, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, BatchStats, resolve_momentum
+from jaxnorm._remat import keep_statistics
 from jaxnorm._stats import compute_dtype
 
 __all__ = ["batch_renorm", "batch_renorm_schedule"]
@@ -89,36 +90,40 @@ def batch_renorm(
     if not training:
         return running_normalize(s, s.stats.mean, s.stats.var, scale, bias), s.stats
 
-    dtype = compute_dtype(s.x.dtype)
-    xhat, mo = batch_moments(s, x=s.x.astype(dtype))
-    run_mean, run_var = (s.channel_shaped(t.astype(dtype)) for t in (s.stats.mean, s.stats.var))
-    sigma = jnp.sqrt(run_var + s.epsilon)
-    sigma_b = jnp.sqrt(mo.var + s.epsilon)
-    r = lax.stop_gradient(jnp.clip(sigma_b / sigma, 1 / r_max, r_max))
-    # μ_B − μ formed as (shift − μ) + mean_shifted: exact when both are near.
-    d = lax.stop_gradient(jnp.clip(((mo.shift - run_mean) + mo.mean_shifted) / sigma, -d_max, d_max))
-    gain = r if scale is None else r * scale
-    offset = d if scale is None else d * scale
-    if bias is not None:
-        offset = offset + bias
-    y = xhat * gain + offset
-    if s.where is not None:
-        y = jnp.where(s.where, y, 0)
-    y = s.restore(y.astype(s.x.dtype))
+    def renorm(x, scale, bias):
+        dtype = compute_dtype(x.dtype)
+        xhat, mo = batch_moments(s, x=x.astype(dtype))
+        run_mean, run_var = (s.channel_shaped(t.astype(dtype)) for t in (s.stats.mean, s.stats.var))
+        sigma = jnp.sqrt(run_var + s.epsilon)
+        sigma_b = jnp.sqrt(mo.var + s.epsilon)
+        r = lax.stop_gradient(jnp.clip(sigma_b / sigma, 1 / r_max, r_max))
+        # μ_B − μ formed as (shift − μ) + mean_shifted: exact when both are near.
+        d = lax.stop_gradient(jnp.clip(((mo.shift - run_mean) + mo.mean_shifted) / sigma, -d_max, d_max))
+        gain = r if scale is None else r * scale
+        offset = d if scale is None else d * scale
+        if bias is not None:
+            offset = offset + bias
+        y = xhat * gain + offset
+        if s.where is not None:
+            y = jnp.where(s.where, y, 0)
+        y = s.restore(y.astype(x.dtype))
 
-    mean_b, sigma_b, count = (by_channel(t, s)[0] for t in (mo.mean, sigma_b, jnp.broadcast_to(mo.count, mo.var.shape)))
-    old_sigma = jnp.sqrt(s.stats.var.astype(dtype) + s.epsilon)
-    new_mean = keep * s.stats.mean + weight * mean_b.astype(s.stats.mean.dtype)
-    new_sigma = keep * old_sigma + weight * sigma_b
-    new_var = jnp.maximum(new_sigma * new_sigma - s.epsilon, 0)
-    seen = count > 0
-    new = BatchStats(
-        jnp.where(seen, new_mean, s.stats.mean).astype(s.stats.mean.dtype),
-        jnp.where(seen, new_var, s.stats.var).astype(s.stats.var.dtype),
-        None if s.stats.count is None
-        else jnp.where(jnp.any(seen), s.stats.count + 1, s.stats.count).astype(jnp.result_type(s.stats.count)),
-    )
-    return y, new
+        mean_b, sigma_b, count = (by_channel(t, s)[0] for t in (mo.mean, sigma_b, jnp.broadcast_to(mo.count, mo.var.shape)))
+        old_sigma = jnp.sqrt(s.stats.var.astype(dtype) + s.epsilon)
+        new_mean = keep * s.stats.mean + weight * mean_b.astype(s.stats.mean.dtype)
+        new_sigma = keep * old_sigma + weight * sigma_b
+        new_var = jnp.maximum(new_sigma * new_sigma - s.epsilon, 0)
+        seen = count > 0
+        new = BatchStats(
+            jnp.where(seen, new_mean, s.stats.mean).astype(s.stats.mean.dtype),
+            jnp.where(seen, new_var, s.stats.var).astype(s.stats.var.dtype),
+            None if s.stats.count is None
+            else jnp.where(jnp.any(seen), s.stats.count + 1, s.stats.count).astype(jnp.result_type(s.stats.count)),
+        )
+        return y, new
+
+    # Reverse mode keeps x and the batch moments; x̂ is recomputed.
+    return keep_statistics(renorm)(s.x, scale, bias)
 
 
 def batch_renorm_schedule(

@@ -12,6 +12,7 @@ from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._channel_setup import channel_setup
 from jaxnorm._params import apply_affine
+from jaxnorm._remat import keep_statistics
 from jaxnorm._stats import Reduction, compute_dtype, moments
 
 __all__ = ["evonorm_b0", "evonorm_s0"]
@@ -58,11 +59,17 @@ def evonorm_s0(
         fn, x, {"scale": scale, "bias": bias, "v": v}, channel_axis=channel_axis,
         epsilon=epsilon, num_groups=num_groups,
     )
-    xc = s.x.astype(compute_dtype(s.x.dtype))
-    var = moments(xc, s.reduction(num_groups)).var
-    slope = 1 if s.params["v"] is None else s.params["v"]
-    y = xc * jax.nn.sigmoid(slope * xc) * lax.rsqrt(var + s.epsilon)
-    return apply_affine(y, s.params["scale"], s.params["bias"]).astype(s.x.dtype)
+    reduction = s.reduction(num_groups)
+
+    def s0(x, scale, bias, v):
+        xc = x.astype(compute_dtype(x.dtype))
+        var = moments(xc, reduction).var
+        slope = 1 if v is None else v
+        y = xc * jax.nn.sigmoid(slope * xc) * lax.rsqrt(var + s.epsilon)
+        return apply_affine(y, scale, bias).astype(x.dtype)
+
+    # Reverse mode keeps x and the group variances; the gate is recomputed.
+    return keep_statistics(s0)(s.x, s.params["scale"], s.params["bias"], s.params["v"])
 
 
 def evonorm_b0(
@@ -120,15 +127,20 @@ def evonorm_b0(
     slope, _ = check.check_param(fn, "v", v, {"per channel": (s.channels,)}, s.shape)
     slope = 1 if slope is None else s.channel_shaped(slope)
     instance = Reduction(example_axes(fn, s, batch_axis, channel_axis))
-    xc = s.x.astype(compute_dtype(s.x.dtype))
-    if training:
-        mo = moments(xc, s.reduction)
-        batch_var = mo.var
-        new = fold_batch(s, mo, weights=weights, convention=convention, fn=fn)
-    else:
-        batch_var = s.channel_shaped(s.stats.var.astype(xc.dtype))
-        new = s.stats
-    left = jnp.sqrt(batch_var + s.epsilon)
-    right = slope * xc + jnp.sqrt(moments(xc, instance).var + s.epsilon)
-    y = apply_affine(xc / jnp.maximum(left, right), s.scale, s.bias)
-    return y.astype(s.x.dtype), new
+
+    def b0(x, scale, bias, slope):
+        xc = x.astype(compute_dtype(x.dtype))
+        if training:
+            mo = moments(xc, s.reduction)
+            batch_var = mo.var
+            new = fold_batch(s, mo, weights=weights, convention=convention, fn=fn)
+        else:
+            batch_var = s.channel_shaped(s.stats.var.astype(xc.dtype))
+            new = s.stats
+        left = jnp.sqrt(batch_var + s.epsilon)
+        right = slope * xc + jnp.sqrt(moments(xc, instance).var + s.epsilon)
+        y = apply_affine(xc / jnp.maximum(left, right), scale, bias)
+        return y.astype(x.dtype), new
+
+    # Reverse mode keeps x and the variances; the max's branches are recomputed.
+    return keep_statistics(b0)(s.x, s.scale, s.bias, slope)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxnorm._channel_setup import channel_setup
 from jaxnorm._normalize import NormSpec, normalize
+from jaxnorm._remat import keep_statistics
 
 __all__ = ["filter_response_norm"]
 
@@ -56,7 +57,10 @@ def filter_response_norm(
         channel_axis=channel_axis, epsilon=epsilon,
     )
     spec = NormSpec(s.reduction(), s.epsilon, center=False)
-    y = normalize(s.x, s.params["scale"], s.params["bias"], None, spec)
-    if s.params["tau"] is None:
-        return y
-    return jnp.maximum(y, s.params["tau"].astype(y.dtype))
+
+    def frn(x, scale, bias, tau):
+        y = normalize(x, scale, bias, None, spec)
+        return y if tau is None else jnp.maximum(y, tau.astype(y.dtype))
+
+    # Reverse mode keeps x and ν² only; y (for the TLU's mask) is recomputed.
+    return keep_statistics(frn)(s.x, s.params["scale"], s.params["bias"], s.params["tau"])

@@ -12,6 +12,7 @@ import numpy as np
 from jax import lax
 
 from jaxnorm import _validate as v
+from jaxnorm._remat import keep_statistics
 from jaxnorm._stats import compute_dtype
 
 __all__ = ["local_response_norm"]
@@ -137,4 +138,6 @@ def local_response_norm(
     beta = _check_number(fn, "beta", beta, example=0.75)
     k = _check_number(fn, "k", k, positive=True, example=1.0)
     xc = x.astype(compute_dtype(x.dtype))
-    return _lrn(xc, c_axis, size, alpha, beta, k).astype(x.dtype)
+    # Reverse mode keeps x only; the window sum is recomputed in the backward.
+    lrn = keep_statistics(lambda t: _lrn(t, c_axis, size, alpha, beta, k))
+    return lrn(xc).astype(x.dtype)

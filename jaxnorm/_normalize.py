@@ -38,15 +38,11 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.ad_checkpoint import checkpoint_name
-
+from jaxnorm._remat import STATISTICS, statistic
 from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
 from jaxnorm._views import split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
-
-_STATS = "jaxnorm_statistics"
-
 
 @dataclasses.dataclass(frozen=True)
 class NormSpec:
@@ -108,8 +104,8 @@ def _prepare(spec: NormSpec, x, scale, where):
     """
     xc = x.astype(compute_dtype(x.dtype))
     mo = moments(xc, spec.reduction, where=where, center=spec.center, shifted=spec.shifted)
-    shift, mean_shifted, count = (checkpoint_name(t, _STATS) for t in (mo.shift, mo.mean_shifted, mo.count))
-    rstd = checkpoint_name(lax.rsqrt(mo.var + spec.epsilon), _STATS)
+    shift, mean_shifted, count = (statistic(t) for t in (mo.shift, mo.mean_shifted, mo.count))
+    rstd = statistic(lax.rsqrt(mo.var + spec.epsilon))
     c = (xc - shift) - mean_shifted if spec.center else xc
     if where is not None:
         c = jnp.where(where, c, 0)
@@ -316,6 +312,6 @@ def _masked_jvp(spec, primals, tangents):
 # recomputed, fused, in the backward pass instead of being stored.
 _normalize_remat = jax.checkpoint(
     _normalize,
-    policy=jax.checkpoint_policies.save_only_these_names(_STATS),
+    policy=jax.checkpoint_policies.save_only_these_names(STATISTICS),
     static_argnums=(0,),
 )

@@ -64,6 +64,7 @@ from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxnorm._collectives import all_gather
+from jaxnorm._remat import statistic
 from jaxnorm._views import unview, view
 
 __all__ = ["Moments", "Reduction", "compute_dtype", "moments", "shifted_default", "unshifted_statistics"]
@@ -252,7 +253,8 @@ def moments(
         ``x`` itself (``shift = 0``; see :func:`unshifted_statistics`).
 
     Returns:
-      :class:`Moments` with keepdims shapes.
+      :class:`Moments` with keepdims shapes, named as statistics (inside
+      :func:`jaxnorm._remat.keep_statistics` reverse mode keeps them).
     """
     dtype = compute_dtype(x.dtype)
     x = x.astype(dtype)
@@ -271,15 +273,20 @@ def moments(
         if reduction.axis_name is not None:
             raise NotImplementedError("moments: uncentered statistics across axis_name")
         second = reduction.local_sum(select(x * x))
-        return Moments(zero, zero, second / safe_count, count)
+        return _named(Moments(zero, zero, second / safe_count, count))
 
     if where is None and shifted:
         local = _conditioned_moments(x, reduction, count, safe_count)
     else:
         local = _shifted_moments(x, reduction, count, safe_count, mask, shifted)
     if reduction.axis_name is not None:
-        return _combine_members(local, reduction)
-    return local
+        return _named(_combine_members(local, reduction))
+    return _named(local)
+
+
+def _named(mo: Moments) -> Moments:
+    """The moments, marked as statistics that reverse mode keeps (:mod:`jaxnorm._remat`)."""
+    return Moments(*(statistic(t) for t in mo))
 
 
 # The textbook moments are used when every set has mean² <= WELL_CONDITIONED · var.

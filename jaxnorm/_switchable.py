@@ -11,6 +11,7 @@ from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._params import apply_affine
+from jaxnorm._remat import keep_statistics
 from jaxnorm._stats import Reduction, compute_dtype, moments
 
 __all__ = ["switchable_norm"]
@@ -90,23 +91,28 @@ def switchable_norm(
     w_mean = _mixture(fn, "mean_logits", mean_logits, s.shape)
     w_var = _mixture(fn, "var_logits", var_logits, s.shape)
     spatial = example_axes(fn, s, batch_axis, channel_axis)
-    xc = s.x.astype(compute_dtype(s.x.dtype))
-    sources = [
-        moments(xc, Reduction(spatial)),
-        moments(xc, Reduction(tuple(sorted(spatial + (s.channel_axis,))))),
-    ]
-    if training:
-        sources.append(moments(xc, s.reduction))
-        new = fold_batch(s, sources[-1], weights=weights, convention=convention, fn=fn)
-    centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources]
-    variances = [mo.var for mo in sources]
-    if not training:
-        run_mean, run_var = (s.channel_shaped(t.astype(xc.dtype)) for t in (s.stats.mean, s.stats.var))
-        new = s.stats
-        centered.append(xc - run_mean)
-        variances.append(run_var)
-    w_mean, w_var = (w.astype(xc.dtype) for w in (w_mean, w_var))
-    c = sum(w_mean[k] * centered[k] for k in range(3))
-    var = sum(w_var[k] * variances[k] for k in range(3))
-    y = apply_affine(c * lax.rsqrt(var + s.epsilon), s.scale, s.bias)
-    return y.astype(s.x.dtype), new
+
+    def mix(x, scale, bias, w_mean, w_var):
+        xc = x.astype(compute_dtype(x.dtype))
+        sources = [
+            moments(xc, Reduction(spatial)),
+            moments(xc, Reduction(tuple(sorted(spatial + (s.channel_axis,))))),
+        ]
+        if training:
+            sources.append(moments(xc, s.reduction))
+            new = fold_batch(s, sources[-1], weights=weights, convention=convention, fn=fn)
+        centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources]
+        variances = [mo.var for mo in sources]
+        if not training:
+            run_mean, run_var = (s.channel_shaped(t.astype(xc.dtype)) for t in (s.stats.mean, s.stats.var))
+            new = s.stats
+            centered.append(xc - run_mean)
+            variances.append(run_var)
+        w_mean, w_var = (w.astype(xc.dtype) for w in (w_mean, w_var))
+        c = sum(w_mean[k] * centered[k] for k in range(3))
+        var = sum(w_var[k] * variances[k] for k in range(3))
+        y = apply_affine(c * lax.rsqrt(var + s.epsilon), scale, bias)
+        return y.astype(x.dtype), new
+
+    # Reverse mode keeps x and the three sources' moments; x − μ_k are recomputed.
+    return keep_statistics(mix)(s.x, s.scale, s.bias, w_mean, w_var)
