@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxnorm import _validate as check
 from jaxnorm._batch_norm import fold_batch
@@ -13,6 +12,7 @@ from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._channel_setup import channel_setup
 from jaxnorm._params import apply_affine
 from jaxnorm._remat import keep_statistics
+from jaxnorm._rstd import set_rstd
 from jaxnorm._stats import Reduction, compute_dtype, moments
 
 __all__ = ["evonorm_b0", "evonorm_s0"]
@@ -63,9 +63,8 @@ def evonorm_s0(
 
     def s0(x, scale, bias, v):
         xc = x.astype(compute_dtype(x.dtype))
-        var = moments(xc, reduction).var
         slope = 1 if v is None else v
-        y = xc * jax.nn.sigmoid(slope * xc) * lax.rsqrt(var + s.epsilon)
+        y = xc * jax.nn.sigmoid(slope * xc) * set_rstd(xc, reduction, s.epsilon)
         return apply_affine(y, scale, bias).astype(x.dtype)
 
     # Reverse mode keeps x and the group variances; the gate is recomputed.
