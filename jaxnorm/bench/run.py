@@ -11,7 +11,9 @@ import numpy as np
 from jaxnorm.bench.cases import Case
 from jaxnorm.bench.memory import residual_bytes, temp_bytes
 from jaxnorm.bench.progress import Progress
-from jaxnorm.bench.timing import interleaved_medians
+import statistics
+
+from jaxnorm.bench.timing import interleaved_samples, paired_ratio
 from jaxnorm._stats import unshifted_statistics
 from jaxnorm.bench.traffic import FWD_BWD_PASSES, FWD_PASSES, copy_pass
 
@@ -96,7 +98,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
 
     Returns:
       A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios
-      (and the memory and traffic figures asked for).
+      (the ratio of medians, and the median and interquartile range of the
+      per-round paired ratios), and the memory and traffic figures asked for.
     """
     x, scale, bias, cot = _inputs(case, seed, dtype)
     x = (x.astype(np.float64) + mean).astype(dtype)
@@ -130,15 +133,22 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     # forward+backward: each group shares the allocator state it leaves.
     if traffic:
         forward.append(copy_pass(x))
-    fwd_times = interleaved_medians(forward, repeats=repeats)
-    bwd_times = interleaved_medians(backward, repeats=repeats)
-    for name, tf, tb in zip(impls, fwd_times, bwd_times):
-        row[f"{name}_fwd_ms"] = 1e3 * tf
-        row[f"{name}_fwd_bwd_ms"] = 1e3 * tb
+    fwd_samples = interleaved_samples(forward, repeats=repeats)
+    bwd_samples = interleaved_samples(backward, repeats=repeats)
+    fwd_times = [statistics.median(t) for t in fwd_samples]
+    for name, tf, tb in zip(impls, fwd_samples, bwd_samples):
+        row[f"{name}_fwd_ms"] = 1e3 * statistics.median(tf)
+        row[f"{name}_fwd_bwd_ms"] = 1e3 * statistics.median(tb)
     row["input_mean"] = mean
     if "flax" in impls:
         row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
         row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
+        # Per-round ratios: the spread says how much of a ratio is the machine.
+        flax_at = list(impls).index("flax")
+        for kind, samples in (("fwd", fwd_samples), ("fwd_bwd", bwd_samples)):
+            q25, q50, q75 = paired_ratio(samples[0], samples[flax_at])
+            row[f"paired_ratio_{kind}"] = q50
+            row[f"paired_ratio_{kind}_iqr"] = [q25, q75]
         if "unshifted" in impls:
             row["unshifted_ratio_fwd"] = row["unshifted_fwd_ms"] / row["flax_fwd_ms"]
             row["unshifted_ratio_fwd_bwd"] = row["unshifted_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]

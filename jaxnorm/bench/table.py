@@ -39,9 +39,11 @@ SPEED_COLUMNS = [
     ("fwd ms", "jaxnorm_fwd_ms", "{:.2f}"),
     ("flax", "flax_fwd_ms", "{:.2f}"),
     ("ratio", "ratio_fwd", "{:.2f}"),
+    ("iqr", "paired_ratio_fwd_iqr", "{0[0]:.2f}-{0[1]:.2f}"),
     ("f+b ms", "jaxnorm_fwd_bwd_ms", "{:.2f}"),
     ("flax", "flax_fwd_bwd_ms", "{:.2f}"),
     ("ratio", "ratio_fwd_bwd", "{:.2f}"),
+    ("iqr", "paired_ratio_fwd_bwd_iqr", "{0[0]:.2f}-{0[1]:.2f}"),
     ("f+b/copy", "jaxnorm_fwd_bwd_of_copy", "{:.2f}"),
     ("flax", "flax_fwd_bwd_of_copy", "{:.2f}"),
     ("resid/x", "jaxnorm_residuals_x", "{:.2f}"),
@@ -52,7 +54,9 @@ SPEED_COLUMNS = [
 
 SPEED_LEGEND = (
     "Median ms under jax.jit, interleaved in one process; f+b = forward + backward (grads of x,\n"
-    "scale, bias); ratio = jaxnorm / flax.linen (< 1: jaxnorm faster). f+b/copy: achieved rate\n"
+    "scale, bias); ratio = jaxnorm / flax.linen (< 1: jaxnorm faster), of the medians; iqr: the\n"
+    "interquartile range of the ratios taken within each round (how far the machine moves it).\n"
+    "f+b/copy: achieved rate\n"
     "(reading x and the cotangent, writing dx: 3x the input's bytes) over this machine's\n"
     "elementwise-copy rate on the same array (1.0 = the traffic floor). resid/x: bytes jax.vjp\n"
     "keeps for the backward, over the input's bytes; temp/x: XLA's temporary allocation for the\n"

@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-__all__ = ["interleaved_medians"]
+__all__ = ["interleaved_medians", "interleaved_samples", "paired_ratio"]
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 2
-) -> list[float]:
-    """Median seconds per call of each zero-argument function.
+) -> list[list[float]]:
+    """Seconds of every timed call of each zero-argument function, round by round.
 
     The functions run round-robin, one call each per round, so that slow
     drifts of the machine (frequency, other load, memory reclaim) affect all
@@ -28,7 +28,7 @@ def interleaved_medians(
       warmup: untimed rounds first (compilation, caches).
 
     Returns:
-      One median, in seconds, per function.
+      One list per function; entry ``i`` of each list is from round ``i``.
     """
     for _ in range(warmup):
         for fn in fns:
@@ -40,4 +40,23 @@ def interleaved_medians(
             start = time.perf_counter()
             jax.block_until_ready(fn())
             out.append(time.perf_counter() - start)
-    return [statistics.median(s) for s in samples]
+    return samples
+
+
+def interleaved_medians(
+    fns: Sequence[Callable[[], object]], *, repeats: int, warmup: int = 2
+) -> list[float]:
+    """Median seconds per call of each function, timed as :func:`interleaved_samples`."""
+    return [statistics.median(s) for s in interleaved_samples(fns, repeats=repeats, warmup=warmup)]
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Quartiles ``(q25, median, q75)`` of the per-round ratios ``a[i] / b[i]``.
+
+    Both timings of a round ran back to back, so a ratio taken within the
+    round cancels what the machine was doing at the time; the spread of the
+    ratios says how far a single figure can be trusted.
+    """
+    ratios = sorted(x / y for x, y in zip(a, b, strict=True))
+    q25, q50, q75 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q25, q50, q75

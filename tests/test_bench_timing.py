@@ -1,0 +1,37 @@
+"""The harness's timing: interleaved rounds and paired per-round ratios (jaxnorm.bench.timing)."""
+
+import pytest
+
+from jaxnorm.bench.cases import batch_independent_cases
+from jaxnorm.bench.run import run_case
+from jaxnorm.bench.timing import interleaved_medians, interleaved_samples, paired_ratio
+
+
+def test_rounds_alternate_order_and_every_call_is_timed():
+    calls = []
+    fns = [lambda: calls.append("a") or 0, lambda: calls.append("b") or 0]
+    samples = interleaved_samples(fns, repeats=4, warmup=1)
+    assert [len(s) for s in samples] == [4, 4]
+    # warm-up round, then forward and reverse order in turn
+    assert "".join(calls) == "ab" + "ab" + "ba" + "ab" + "ba"
+    assert len(interleaved_medians(fns, repeats=3, warmup=0)) == 2
+
+
+def test_paired_ratio_takes_ratios_within_rounds():
+    # Round i is slow for both (x10): paired ratios stay 0.5, while a ratio
+    # of the two medians would not see the pairing.
+    a = [1.0, 10.0, 1.0, 10.0, 1.0]
+    b = [2.0, 20.0, 2.0, 20.0, 2.0]
+    assert paired_ratio(a, b) == pytest.approx((0.5, 0.5, 0.5))
+    q25, q50, q75 = paired_ratio([1, 2, 3, 4, 5], [1, 1, 1, 1, 1])
+    assert (q25, q50, q75) == pytest.approx((2, 3, 4))
+    with pytest.raises(ValueError):
+        paired_ratio([1, 2], [1])
+
+
+def test_run_case_reports_paired_ratios_with_their_spread():
+    case = next(c for c in batch_independent_cases((2, 8, 8, 16)) if c.scheme == "layer_norm")
+    row = run_case(case, repeats=5)
+    for kind in ("fwd", "fwd_bwd"):
+        q25, q75 = row[f"paired_ratio_{kind}_iqr"]
+        assert 0 < q25 <= row[f"paired_ratio_{kind}"] <= q75
