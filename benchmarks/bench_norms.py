@@ -29,8 +29,9 @@ CNN_SHAPES = [(16, 32, 32, 256), (8, 64, 64, 64), (4, 16, 16, 1280)]
 TOKEN_SHAPES = [(4096, 768), (2048, 4096), (512, 8192)]
 WITH_FLAX = ("batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm")
 
-# Issue 7's targets for the schemes flax.linen has: forward+backward at most
-# half of flax's time, forward no slower, residuals near one copy of x.
+# Issue 7's targets: for the schemes flax.linen has, forward+backward at most
+# half of flax's time and forward no slower; for every scheme, residuals near
+# one copy of x.
 TARGETS = {"ratio_fwd_bwd": 0.5, "ratio_fwd": 1.0, "jaxnorm_residuals_x": 1.1}
 
 
@@ -63,16 +64,21 @@ def cases(schemes=None):
 
 
 def target_summary(rows) -> list[str]:
-    """One line per target: how many flax-counterpart rows meet it, and the worst."""
-    rows = [r for r in rows if r["scheme"].split(" ")[0] in WITH_FLAX and "ratio_fwd" in r]
+    """One line per target: how many rows meet it, and the worst.
+
+    The speed targets count the rows with a flax.linen counterpart; the
+    residual target counts every row (every scheme keeps about one copy of x).
+    """
+    with_flax = [r for r in rows if r["scheme"].split(" ")[0] in WITH_FLAX and "ratio_fwd" in r]
     lines = []
     for key, bound in TARGETS.items():
-        values = [(r[key], r["scheme"]) for r in rows if r.get(key) is not None]
+        pool, label = (rows, "all schemes") if key == "jaxnorm_residuals_x" else (with_flax, "with flax.linen twins")
+        values = [(r[key], r["scheme"]) for r in pool if r.get(key) is not None]
         if not values:
             continue
         met = sum(v <= bound for v, _ in values)
         worst, where = max(values)
-        lines.append(f"{key} <= {bound}: {met}/{len(values)} rows; worst {worst:.2f} ({where})")
+        lines.append(f"{key} <= {bound}: {met}/{len(values)} rows ({label}); worst {worst:.2f} ({where})")
     return lines
 
 
@@ -100,7 +106,7 @@ def main(argv=None) -> int:
     print(format_table([r for r in rows if "unshifted_ratio_fwd" in r], EXACTNESS_COST_COLUMNS))
     print(EXACTNESS_COST_LEGEND)
     summary = target_summary(rows)
-    print("\n".join(["targets (schemes with a flax.linen counterpart):"] + summary))
+    print("\n".join(["targets:"] + summary))
     write_json(out, rows, command="python benchmarks/bench_norms.py " + " ".join(sys.argv[1:]),
                targets=summary)
     print(f"wrote {out}")

@@ -35,3 +35,26 @@ def test_run_case_reports_paired_ratios_with_their_spread():
     for kind in ("fwd", "fwd_bwd"):
         q25, q75 = row[f"paired_ratio_{kind}_iqr"]
         assert 0 < q25 <= row[f"paired_ratio_{kind}"] <= q75
+
+
+def _bench_norms():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_norms.py"
+    spec = importlib.util.spec_from_file_location("bench_norms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_target_summary_counts_residuals_over_every_scheme():
+    rows = [
+        {"scheme": "layer_norm 4x4", "ratio_fwd": 0.9, "ratio_fwd_bwd": 0.6, "jaxnorm_residuals_x": 1.0},
+        {"scheme": "evonorm_s0 4x4", "jaxnorm_residuals_x": 1.5},
+    ]
+    lines = _bench_norms().target_summary(rows)
+    assert any(l.startswith("ratio_fwd_bwd <= 0.5: 0/1 rows") for l in lines), lines
+    assert any(l.startswith("ratio_fwd <= 1.0: 1/1 rows") for l in lines), lines
+    assert any(l.startswith("jaxnorm_residuals_x <= 1.1: 1/2 rows (all schemes); worst 1.50 (evonorm_s0")
+               for l in lines), lines
