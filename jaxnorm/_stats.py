@@ -67,7 +67,9 @@ from jaxnorm._collectives import all_gather
 from jaxnorm._remat import statistic
 from jaxnorm._views import unview, view
 
-__all__ = ["Moments", "Reduction", "compute_dtype", "moments", "shifted_default", "unshifted_statistics"]
+__all__ = [
+    "Moments", "Reduction", "compute_dtype", "moments", "pool_members", "pool_moments", "shifted_default", "unshifted_statistics",
+]
 
 _SHIFTED = contextvars.ContextVar("jaxnorm_shifted_statistics", default=True)
 
@@ -375,11 +377,50 @@ def _combine_members(local: Moments, reduction: Reduction) -> Moments:
     n_i, s_i, m_i, m2_i = (gathered[:, k] for k in range(4))
     ref = jnp.argmax(n_i, axis=0)[None]
     s_ref = jnp.take_along_axis(s_i, ref, axis=0)
+    return _chan(n_i, s_i, m_i, m2_i, s_ref, (0,), keepdims=False)
+
+
+def pool_members(mo: Moments, axis_name, axis_index_groups=None) -> Moments:
+    """Moments of each set pooled across the members of ``axis_name`` (one ``all_gather``), named."""
+    red = Reduction((), axis_name=axis_name, axis_index_groups=axis_index_groups)
+    return _named(_combine_members(mo, red))
+
+
+def pool_moments(mo: Moments, axes: tuple[int, ...]) -> Moments:
+    """The moments of the union of the sets of ``mo`` along ``axes``, exactly.
+
+    ``mo`` holds one set per entry (keepdims shapes, as :func:`moments`
+    returns); the sets that differ only along ``axes`` are merged (Chan,
+    Golub & LeVeque 1979) around a common shift, the first set's::
+
+        e_i = (s_i − s_ref) + m_i,   n = Σ n_i,   m = Σ n_i e_i / n,
+        var = Σ n_i (var_i + (e_i − m)²) / n.
+
+    Every term is of the order of the spread, so nothing cancels. For
+    example, LayerNorm's moments are the InstanceNorm moments pooled over the
+    channel axis. Derivatives flow through ``mean_shifted`` and ``var``.
+
+    Args:
+      mo: moments with keepdims shapes (count may be a scalar).
+      axes: the axes to pool over (size 1 in the result).
+
+    Returns:
+      :class:`Moments` with size 1 along ``axes``, named as statistics.
+    """
+    n, s, m, var = jnp.broadcast_arrays(mo.count, mo.shift, mo.mean_shifted, mo.var)
+    s_ref = s
+    for ax in axes:
+        s_ref = _first_along(s_ref, ax)
+    return _named(_chan(n, s, m, n * var, lax.stop_gradient(s_ref), axes, keepdims=True))
+
+
+def _chan(n_i, s_i, m_i, m2_i, s_ref, axes, *, keepdims: bool) -> Moments:
+    """Merge sets ``(n_i, s_i, m_i, M2_i = n_i·var_i)`` along ``axes`` around ``s_ref``."""
     e_i = (s_i - s_ref) + m_i
-    count = jnp.sum(n_i, axis=0)
+    count = jnp.sum(n_i, axis=axes, keepdims=keepdims)
     safe_count = jnp.maximum(count, 1)
-    mean_shifted = jnp.sum(n_i * e_i, axis=0) / safe_count
-    dev = e_i - mean_shifted
-    var = jnp.sum(m2_i + n_i * dev * dev, axis=0) / safe_count
-    shift = lax.stop_gradient(s_ref[0])
+    mean_shifted = jnp.sum(n_i * e_i, axis=axes, keepdims=keepdims) / safe_count
+    dev = e_i - (mean_shifted if keepdims else jnp.expand_dims(mean_shifted, axes))
+    var = jnp.sum(m2_i + n_i * dev * dev, axis=axes, keepdims=keepdims) / safe_count
+    shift = lax.stop_gradient(s_ref if keepdims else jnp.squeeze(s_ref, axes))
     return Moments(shift, mean_shifted, var, count)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxnorm import _validate as v
 from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
-from jaxnorm._params import apply_affine
 from jaxnorm._remat import keep_statistics
-from jaxnorm._stats import Reduction, compute_dtype, moments
+from jaxnorm._stats import Moments, compute_dtype
+from jaxnorm._switch_normalize import MixSpec, switch_normalize
 
 __all__ = ["switchable_norm"]
 
@@ -60,9 +59,12 @@ def switchable_norm(
     takes the unbiased IN variance). BatchNorm's statistics come from the
     batch in training, which also updates the running statistics as
     :func:`jaxnorm.batch_norm` does, and from ``stats`` in inference.
-    ``x − μ`` is formed as ``Σ_k w_k((x − s_k) − m_k)`` from each source's
-    shifted moments, so it stays exact at large means. Equal logits (the
-    default, and the paper's initialization) weigh the three equally.
+    One pass of InstanceNorm moments gives all three sources (LN and BN
+    sets are unions of IN sets, merged exactly), and ``x − μ`` is formed as
+    ``(x − s) − Σ_k w_k (μ_k − s)`` with ``s`` the IN shift, so it stays
+    exact at large means; the derivative is in closed form
+    (:mod:`jaxnorm._switch_normalize`). Equal logits (the default, and the
+    paper's initialization) weigh the three equally.
 
     Args:
       x, scale, bias, stats, training, momentum, epsilon, channel_axis,
@@ -91,28 +93,17 @@ def switchable_norm(
     w_mean = _mixture(fn, "mean_logits", mean_logits, s.shape)
     w_var = _mixture(fn, "var_logits", var_logits, s.shape)
     spatial = example_axes(fn, s, batch_axis, channel_axis)
+    rest = [a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis]
+    spec = MixSpec(spatial, s.channel_axis, rest[0] if rest else None, s.epsilon, training,
+                   axis_name, axis_index_groups)
 
     def mix(x, scale, bias, w_mean, w_var):
         xc = x.astype(compute_dtype(x.dtype))
-        sources = [
-            moments(xc, Reduction(spatial)),
-            moments(xc, Reduction(tuple(sorted(spatial + (s.channel_axis,))))),
-        ]
-        if training:
-            sources.append(moments(xc, s.reduction))
-            new = fold_batch(s, sources[-1], weights=weights, convention=convention, fn=fn)
-        centered = [(xc - mo.shift) - mo.mean_shifted for mo in sources]
-        variances = [mo.var for mo in sources]
-        if not training:
-            run_mean, run_var = (s.channel_shaped(t.astype(xc.dtype)) for t in (s.stats.mean, s.stats.var))
-            new = s.stats
-            centered.append(xc - run_mean)
-            variances.append(run_var)
+        run_mean, run_var = (s.channel_shaped(t.astype(xc.dtype)) for t in (s.stats.mean, s.stats.var))
         w_mean, w_var = (w.astype(xc.dtype) for w in (w_mean, w_var))
-        c = sum(w_mean[k] * centered[k] for k in range(3))
-        var = sum(w_var[k] * variances[k] for k in range(3))
-        y = apply_affine(c * lax.rsqrt(var + s.epsilon), scale, bias)
+        y, batch = switch_normalize(spec, xc, scale, bias, w_mean, w_var, run_mean, run_var)
+        new = fold_batch(s, Moments(*batch), weights=weights, convention=convention, fn=fn) if training else s.stats
         return y.astype(x.dtype), new
 
-    # Reverse mode keeps x and the three sources' moments; x − μ_k are recomputed.
+    # Reverse mode keeps x and the IN moments; x − μ is recomputed.
     return keep_statistics(mix)(s.x, s.scale, s.bias, w_mean, w_var)

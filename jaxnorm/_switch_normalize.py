@@ -1,0 +1,195 @@
+"""Normalize with a mixture of IN, LN and BN statistics, with a closed-form derivative.
+
+Switchable Normalization (Luo et al. 2019) mixes three sources ``k``::
+
+    μ = Σ_k w_k μ_k,   σ² = Σ_k v_k σ²_k,   y = (x − μ)·r·γ + β,   r = (σ² + ε)^(−1/2)
+
+over the InstanceNorm sets (per example and channel), the LayerNorm sets
+(per example) and the BatchNorm sets (per channel). Every LN and BN set is
+a union of IN sets, so one pass of IN moments gives all three
+(:func:`jaxnorm._stats.pool_moments`), and ``x − μ`` is formed as
+``(x − s) − D`` with ``s`` the IN shift and ``D = Σ_k w_k (μ_k − s)``,
+exact at large means.
+
+Derivative. With ``A = Σ_IN ẋ`` and ``B = Σ_IN (x − s)·ẋ`` (per IN set),
+``P_k`` the sum of IN-set values over a set of source ``k`` and ``n_k``
+its entry count, ``d_k = μ_k − s``::
+
+    μ̇_k = P_k(A)/n_k,   σ̇²_k = 2·P_k(B − d_k·A)/n_k
+    ẏ = γ·r·(ẋ − μ̇) − γ·(x − μ)·r³·σ̇²/2 + γ̇·(x − μ)·r + β̇
+
+with ``μ̇ = Σ_k (w_k μ̇_k + ẇ_k μ_k)`` and ``σ̇² = Σ_k (v_k σ̇²_k + v̇_k σ²_k)``.
+In inference the BN source is the running statistics (constants to ``x``).
+The rule is linear in the tangents and made of JAX operations: JAX
+transposes it for reverse mode, two per-IN-set sums of the cotangent and
+one pass for ``dx``, and forward mode and higher orders keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._remat import statistic
+from jaxnorm._stats import Moments, Reduction, moments, pool_members, pool_moments
+from jaxnorm._views import unview, view
+
+__all__ = ["MixSpec", "switch_normalize"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MixSpec:
+    """Static settings of :func:`switch_normalize`.
+
+    Attributes:
+      spatial: the axes of one InstanceNorm set.
+      channel_axis: the channel axis.
+      batch_axis: the batch axis, or None for a single example.
+      epsilon: added to the mixed variance.
+      training: BN statistics from the batch (True) or the running ones.
+      axis_name, axis_index_groups: BN sets extend across this named axis.
+    """
+
+    spatial: tuple[int, ...]
+    channel_axis: int
+    batch_axis: int | None
+    epsilon: float
+    training: bool
+    axis_name: object = None
+    axis_index_groups: tuple | None = None
+
+    def batch_axes(self) -> tuple[int, ...]:
+        return () if self.batch_axis is None else (self.batch_axis,)
+
+
+@dataclasses.dataclass
+class _Sources:
+    """Each source's ``d_k = μ_k − s``, ``σ²_k``, pooling ``P_k`` and count, on IN-set shapes."""
+
+    shift: jax.Array
+    d: list
+    var: list
+    pools: list
+    counts: list
+    batch: Moments | None
+
+
+def _sources(spec: MixSpec, x, run_mean, run_var) -> _Sources:
+    inst = moments(x, Reduction(spec.spatial))
+    layer = pool_moments(inst, (spec.channel_axis,))
+    batch = None
+    if spec.training:
+        batch = pool_moments(inst, spec.batch_axes()) if spec.batch_axes() else inst
+        if spec.axis_name is not None:
+            batch = pool_members(batch, spec.axis_name, spec.axis_index_groups)
+    shift = inst.shift
+
+    def offset(mo):
+        return (mo.shift - shift) + mo.mean_shifted
+
+    def pool(axes, psum):
+        def p(t):
+            t = jnp.sum(t, axes, keepdims=True) if axes else t
+            if psum:
+                t = lax.psum(t, spec.axis_name, axis_index_groups=spec.axis_index_groups)
+            return t
+        return p
+
+    d = [offset(inst), offset(layer)]
+    var = [inst.var, layer.var]
+    pools = [pool((), False), pool((spec.channel_axis,), False)]
+    counts = [inst.count, layer.count]
+    if spec.training:
+        d.append(offset(batch))
+        var.append(batch.var)
+        pools.append(pool(spec.batch_axes(), spec.axis_name is not None))
+        counts.append(batch.count)
+    else:
+        d.append(run_mean - shift)
+        var.append(run_var)
+        pools.append(None)
+        counts.append(None)
+    return _Sources(shift, d, var, pools, counts, batch)
+
+
+def _mix(w, terms):
+    return sum(w[k] * terms[k] for k in range(len(terms)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def switch_normalize(spec: MixSpec, x, scale, bias, w_mean, w_var, run_mean, run_var):
+    """``y`` and the batch moments (training; ``()`` in inference).
+
+    Args:
+      spec: static settings.
+      x: input in the compute dtype.
+      scale, bias: None or arrays broadcastable to ``x``, constant over the
+        spatial axes.
+      w_mean, w_var: ``(3,)`` mixture weights over (IN, LN, BN).
+      run_mean, run_var: running statistics shaped to broadcast against
+        ``x`` (used in inference).
+
+    Returns:
+      ``(y, batch)``: the output in ``x``'s dtype, and the BN source's
+      :class:`jaxnorm._stats.Moments` (no derivative) or ``()``.
+    """
+    src = _sources(spec, x, run_mean, run_var)
+    y = _output(spec, x, scale, bias, w_mean, w_var, src)
+    return y, _batch_out(src)
+
+
+def _output(spec, x, scale, bias, w_mean, w_var, src):
+    r = statistic(lax.rsqrt(_mix(w_var, src.var) + spec.epsilon))
+    a = r if scale is None else r * scale
+    offset = _mix(w_mean, src.d)
+    y = ((x - src.shift) - offset) * a
+    return y if bias is None else y + bias
+
+
+def _batch_out(src):
+    return () if src.batch is None else tuple(lax.stop_gradient(t) for t in src.batch)
+
+
+@switch_normalize.defjvp
+def _switch_normalize_jvp(spec, primals, tangents):
+    x, scale, bias, w_mean, w_var, run_mean, run_var = primals
+    x_dot, scale_dot, bias_dot, w_mean_dot, w_var_dot, run_mean_dot, run_var_dot = tangents
+    src = _sources(spec, x, run_mean, run_var)
+    y = _output(spec, x, scale, bias, w_mean, w_var, src)
+    r = statistic(lax.rsqrt(_mix(w_var, src.var) + spec.epsilon))
+    offset = _mix(w_mean, src.d)
+
+    # ẋ's side in view 1 (its transpose is the dx pass), the output's side in
+    # view 0 (its transpose is the per-IN-set sums), as in jaxnorm._normalize.
+    g1 = view(x_dot, 1, x)
+    centred1 = view(x, 1, x) - view(src.shift, 1, x)
+    a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
+    b_sum = jnp.sum(unview(centred1 * g1, x.shape), spec.spatial, keepdims=True)
+    mean_dot, half_var_dot = [], []
+    for k, pool in enumerate(src.pools):
+        if pool is None:  # the running statistics
+            mean_dot.append(run_mean_dot)
+            half_var_dot.append(run_var_dot / 2)
+            continue
+        safe = jnp.maximum(src.counts[k], 1)
+        mean_dot.append(pool(a_sum) / safe)
+        half_var_dot.append(pool(b_sum - src.d[k] * a_sum) / safe)
+    # μ̇ − w·s terms: μ_k = s + d_k, so Σ ẇ_k μ_k = s·Σẇ_k + Σ ẇ_k d_k.
+    mu_dot = _mix(w_mean, mean_dot) + _mix(w_mean_dot, src.d) + src.shift * jnp.sum(w_mean_dot)
+    half_sigma_dot = _mix(w_var, half_var_dot) + _mix(w_var_dot, src.var) / 2
+    gamma = 1 if scale is None else scale
+    a = r * gamma
+    u = -(gamma * r * r * r) * half_sigma_dot
+    if scale is not None:
+        u = u + r * scale_dot
+    v = -a * mu_dot
+    if bias is not None:
+        v = v + bias_dot
+    centred0 = (x - src.shift) - offset
+    t = centred0 * u + v + unview(view(a, 1, x) * g1, x.shape)
+    batch = _batch_out(src)
+    return (y, batch), (t, tuple(jnp.zeros_like(b) for b in batch))
