@@ -58,3 +58,35 @@ def test_target_summary_counts_residuals_over_every_scheme():
     assert any(l.startswith("ratio_fwd <= 1.0: 1/1 rows") for l in lines), lines
     assert any(l.startswith("jaxnorm_residuals_x <= 1.1: 1/2 rows (all schemes); worst 1.50 (evonorm_s0")
                for l in lines), lines
+
+
+def test_hlo_traffic_counts_full_size_reads_and_writes():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnorm.bench.hlo_traffic import compiled_traffic
+
+    x = jnp.ones((64, 256), jnp.float32)
+    # one elementwise pass: read x, write y
+    assert compiled_traffic(jax.jit(lambda x: x * 2 + 1), x, like=x) == pytest.approx(2)
+    # a reduction reads x and writes a small result
+    assert compiled_traffic(jax.jit(lambda x: jnp.sum(x, 0)), x, like=x) == pytest.approx(1)
+    # a sort needs its operand stored: more than one pass
+    assert compiled_traffic(jax.jit(lambda x: jnp.sort(x * 2, axis=0)[0]), x, like=x) >= 3
+
+
+def test_hlo_traffic_counts_the_cheapest_branch_of_a_conditional():
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from jaxnorm.bench.hlo_traffic import compiled_traffic
+
+    x = jnp.ones((64, 256), jnp.float32)
+
+    def f(x, p):
+        # one branch sums x, the other sorts it first (stores a copy)
+        return lax.cond(p > 0, lambda: jnp.sum(x, 0), lambda: jnp.sum(jnp.sort(x, 0), 0))
+
+    moved = compiled_traffic(jax.jit(f), x, jnp.float32(1), like=x)
+    assert moved == pytest.approx(1)

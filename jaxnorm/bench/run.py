@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm.bench.cases import Case
+from jaxnorm.bench.hlo_traffic import compiled_traffic
 from jaxnorm.bench.memory import residual_bytes, temp_bytes
 from jaxnorm.bench.progress import Progress
 import statistics
@@ -84,8 +85,10 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
 
     Args:
       memory: also report, per implementation, the residuals kept for the
-        backward pass and XLA's temporary bytes for forward+backward, as
-        multiples of the input's bytes (:mod:`jaxnorm.bench.memory`).
+        backward pass, XLA's temporary bytes for forward+backward
+        (:mod:`jaxnorm.bench.memory`) and the bytes its compiled kernels
+        move (:mod:`jaxnorm.bench.hlo_traffic`), as multiples of the input's
+        bytes, and jaxnorm's moved bytes over Flax's.
       traffic: also measure this machine's elementwise-copy rate on ``x``
         (interleaved with the forward runs) and report each
         implementation's achieved rate against it
@@ -127,6 +130,7 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
             row[f"{name}_residuals_x"] = residual_bytes(apply, x, scale, bias) / x.nbytes
             temp = temp_bytes(grad, x, scale, bias, cot)
             row[f"{name}_temp_x"] = None if temp is None else temp / x.nbytes
+            row[f"{name}_moved_x"] = compiled_traffic(grad, x, scale, bias, cot, like=x)
         forward.append(lambda f=fwd: f(x, scale, bias))
         backward.append(lambda g=grad: g(x, scale, bias, cot))
     # Forward runs are interleaved with forward runs, forward+backward with
@@ -143,6 +147,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     if "flax" in impls:
         row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
         row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
+        if memory:
+            row["moved_ratio"] = row["jaxnorm_moved_x"] / row["flax_moved_x"]
         # Per-round ratios: the spread says how much of a ratio is the machine.
         flax_at = list(impls).index("flax")
         for kind, samples in (("fwd", fwd_samples), ("fwd_bwd", bwd_samples)):

@@ -50,6 +50,9 @@ SPEED_COLUMNS = [
     ("flax", "flax_residuals_x", "{:.2f}"),
     ("temp/x", "jaxnorm_temp_x", "{:.2f}"),
     ("flax", "flax_temp_x", "{:.2f}"),
+    ("moved/x", "jaxnorm_moved_x", "{:.0f}"),
+    ("flax", "flax_moved_x", "{:.0f}"),
+    ("ratio", "moved_ratio", "{:.2f}"),
 ]
 
 SPEED_LEGEND = (
@@ -60,7 +63,9 @@ SPEED_LEGEND = (
     "(reading x and the cotangent, writing dx: 3x the input's bytes) over this machine's\n"
     "elementwise-copy rate on the same array (1.0 = the traffic floor). resid/x: bytes jax.vjp\n"
     "keeps for the backward, over the input's bytes; temp/x: XLA's temporary allocation for the\n"
-    "compiled forward+backward, over the input's bytes. err@1e4: relative L2 error at mean 1e4."
+    "compiled forward+backward, over the input's bytes. moved/x: full-size bytes the compiled\n"
+    "forward+backward's kernels read and write (jaxnorm.bench.hlo_traffic), over the input's\n"
+    "bytes; ratio: jaxnorm's over flax's. err@1e4: relative L2 error at mean 1e4."
 )
 
 
