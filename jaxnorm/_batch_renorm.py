@@ -11,7 +11,7 @@ from jaxnorm._batch_norm import batch_moments, running_normalize
 from jaxnorm._batch_setup import by_channel, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, BatchStats, resolve_momentum
 from jaxnorm._remat import keep_statistics
-from jaxnorm._stats import compute_dtype
+from jaxnorm._stats import Moments, compute_dtype, moments
 
 __all__ = ["batch_renorm", "batch_renorm_schedule"]
 
@@ -92,7 +92,11 @@ def batch_renorm(
 
     def renorm(x, scale, bias):
         dtype = compute_dtype(x.dtype)
-        xhat, mo = batch_moments(s, x=x.astype(dtype))
+        xc = x.astype(dtype)
+        # The corrections r and d carry no gradient, so y is BatchNorm with
+        # scale r·γ and bias d·γ + β: one normalization, one closed-form
+        # derivative. Its statistics are these (XLA computes them once).
+        mo = Moments(*(lax.stop_gradient(t) for t in moments(xc, s.reduction, where=s.where)))
         run_mean, run_var = (s.channel_shaped(t.astype(dtype)) for t in (s.stats.mean, s.stats.var))
         sigma = jnp.sqrt(run_var + s.epsilon)
         sigma_b = jnp.sqrt(mo.var + s.epsilon)
@@ -103,10 +107,7 @@ def batch_renorm(
         offset = d if scale is None else d * scale
         if bias is not None:
             offset = offset + bias
-        y = xhat * gain + offset
-        if s.where is not None:
-            y = jnp.where(s.where, y, 0)
-        y = s.restore(y.astype(x.dtype))
+        y = batch_moments(s, x=xc, scale=gain, bias=offset)[0].astype(x.dtype)
 
         mean_b, sigma_b, count = (by_channel(t, s)[0] for t in (mo.mean, sigma_b, jnp.broadcast_to(mo.count, mo.var.shape)))
         old_sigma = jnp.sqrt(s.stats.var.astype(dtype) + s.epsilon)
