@@ -10,10 +10,11 @@ from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._channel_setup import channel_setup
+from jaxnorm._evonorm_b0_core import B0Spec, b0_divide
 from jaxnorm._params import apply_affine
 from jaxnorm._remat import keep_statistics
 from jaxnorm._rstd import set_rstd
-from jaxnorm._stats import Reduction, compute_dtype, moments
+from jaxnorm._stats import Moments, compute_dtype
 
 __all__ = ["evonorm_b0", "evonorm_s0"]
 
@@ -125,20 +126,15 @@ def evonorm_b0(
     )
     slope, _ = check.check_param(fn, "v", v, {"per channel": (s.channels,)}, s.shape)
     slope = 1 if slope is None else s.channel_shaped(slope)
-    instance = Reduction(example_axes(fn, s, batch_axis, channel_axis))
+    spatial = example_axes(fn, s, batch_axis, channel_axis)
+    rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
+    spec = B0Spec(spatial, rest, s.epsilon, training, axis_name, axis_index_groups)
 
     def b0(x, scale, bias, slope):
         xc = x.astype(compute_dtype(x.dtype))
-        if training:
-            mo = moments(xc, s.reduction)
-            batch_var = mo.var
-            new = fold_batch(s, mo, weights=weights, convention=convention, fn=fn)
-        else:
-            batch_var = s.channel_shaped(s.stats.var.astype(xc.dtype))
-            new = s.stats
-        left = jnp.sqrt(batch_var + s.epsilon)
-        right = slope * xc + jnp.sqrt(moments(xc, instance).var + s.epsilon)
-        y = apply_affine(xc / jnp.maximum(left, right), scale, bias)
+        run_var = s.channel_shaped(s.stats.var.astype(xc.dtype))
+        y, batch = b0_divide(spec, xc, scale, bias, jnp.asarray(slope, xc.dtype), run_var)
+        new = fold_batch(s, Moments(*batch), weights=weights, convention=convention, fn=fn) if training else s.stats
         return y.astype(x.dtype), new
 
     # Reverse mode keeps x and the variances; the max's branches are recomputed.

@@ -1,0 +1,159 @@
+"""EvoNorm-B0's division, with a closed-form derivative.
+
+EvoNorm-B0 (Liu et al. 2020) divides by the larger of a batch and a
+per-example term::
+
+    y = x / max(L, R) · γ + β,   L = sqrt(σ²_B + ε),   R = v·x + sqrt(σ²_I + ε)
+
+with ``σ²_I`` the variance of each InstanceNorm set (one example's channel
+over its spatial axes) and ``σ²_B`` the BatchNorm variance (every IN set of
+a channel, across devices too), pooled exactly from the IN moments
+(:func:`jaxnorm._stats.pool_moments`) in training, the running variance in
+inference.
+
+Derivative. With ``A = Σ_I ẋ`` and ``B = Σ_I (x − s)·ẋ`` per IN set (``s``
+its shift, ``d = μ − s``), ``σ̇²/2 = P(B − d·A)/n`` for either source (``P``
+pooling IN sets into the source's sets, ``n`` their size), and, with ``w``
+the weight JAX's ``max`` gives each side (1, 0, or 1/2 on ties)::
+
+    L̇ = (σ̇²_B/2)/L,   Ṙ = v̇·x + v·ẋ + (σ̇²_I/2)/sqrt(σ²_I + ε)
+    ẏ = γ·(ẋ − (x/D)·(w_L·L̇ + w_R·Ṙ))/D + γ̇·x/D + β̇,   D = max(L, R)
+
+It is a ``jax.custom_jvp`` made of JAX operations, linear in the tangents:
+JAX transposes it for reverse mode (per-IN-set sums of the cotangent, then
+one pass for ``dx``), and forward mode and higher orders keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._remat import statistic
+from jaxnorm._stats import Reduction, moments, pool_members, pool_moments
+from jaxnorm._views import unview, view
+
+__all__ = ["B0Spec", "b0_divide"]
+
+
+@dataclasses.dataclass(frozen=True)
+class B0Spec:
+    """Static settings of :func:`b0_divide`.
+
+    Attributes:
+      spatial: the axes of one InstanceNorm set.
+      batch_axes: the axes IN sets are pooled over into BN sets (the batch
+        axis, or none for a single example).
+      epsilon: added to both variances.
+      training: BN variance from the batch (True) or the running one.
+      axis_name, axis_index_groups: BN sets extend across this named axis.
+    """
+
+    spatial: tuple[int, ...]
+    batch_axes: tuple[int, ...]
+    epsilon: float
+    training: bool
+    axis_name: object = None
+    axis_index_groups: tuple | None = None
+
+    def pool(self, t):
+        """Sum IN-set values over each BN set (keepdims), across devices too."""
+        t = jnp.sum(t, self.batch_axes, keepdims=True) if self.batch_axes else t
+        if self.axis_name is not None:
+            t = lax.psum(t, self.axis_name, axis_index_groups=self.axis_index_groups)
+        return t
+
+
+def _statistics(spec: B0Spec, x, run_var):
+    inst = moments(x, Reduction(spec.spatial))
+    batch = None
+    if spec.training:
+        batch = pool_moments(inst, spec.batch_axes) if spec.batch_axes else inst
+        if spec.axis_name is not None:
+            batch = pool_members(batch, spec.axis_name, spec.axis_index_groups)
+        left = jnp.sqrt(batch.var + spec.epsilon)
+    else:
+        left = jnp.sqrt(run_var + spec.epsilon)
+    root = statistic(jnp.sqrt(inst.var + spec.epsilon))
+    return inst, batch, statistic(left), root
+
+
+def _batch_out(batch):
+    return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def b0_divide(spec: B0Spec, x, scale, bias, slope, run_var):
+    """``x / max(L, R) · scale + bias`` and the batch moments (training; ``()`` in inference).
+
+    Args:
+      spec: static settings.
+      x: input in the compute dtype.
+      scale, bias: None or arrays broadcastable to ``x``.
+      slope: ``v``, an array broadcastable to ``x`` (per channel).
+      run_var: the running variance shaped to broadcast against ``x``.
+
+    Returns:
+      ``(y, batch)``: the output, and the BN source's moments (no
+      derivative) or ``()``.
+    """
+    inst, batch, left, root = _statistics(spec, x, run_var)
+    y = x / jnp.maximum(left, slope * x + root)
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y, _batch_out(batch)
+
+
+@b0_divide.defjvp
+def _b0_divide_jvp(spec, primals, tangents):
+    x, scale, bias, slope, run_var = primals
+    x_dot, scale_dot, bias_dot, slope_dot, run_var_dot = tangents
+    inst, batch, left, root = _statistics(spec, x, run_var)
+    y = x / jnp.maximum(left, slope * x + root)
+    y = y if scale is None else y * scale
+    y = y if bias is None else y + bias
+    batch_out = _batch_out(batch)
+    gamma = 1 if scale is None else scale
+
+    # Per-IN-set sums of the tangent, ẋ's side in view 1 (its transpose is
+    # the dx pass), as in jaxnorm._normalize.
+    g1 = view(x_dot, 1, x)
+    x1 = view(x, 1, x)
+    a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
+    b_sum = jnp.sum(unview((x1 - view(inst.shift, 1, x)) * g1, x.shape), spec.spatial, keepdims=True)
+    safe = jnp.maximum(inst.count, 1)
+    half_in = (b_sum - inst.mean_shifted * a_sum) / safe
+    if spec.training:
+        d_batch = (batch.shift - inst.shift) + batch.mean_shifted
+        half_batch = spec.pool(b_sum - d_batch * a_sum) / jnp.maximum(batch.count, 1)
+    else:
+        half_batch = run_var_dot / 2
+
+    def sides(k):
+        """``(x, 1/D, w_L, w_R)`` in view ``k``."""
+        xk = view(x, k, x)
+        left_k, right_k = view(left, k, x), view(slope, k, x) * xk + view(root, k, x)
+        w_left = jnp.where(left_k > right_k, 1.0, jnp.where(left_k == right_k, 0.5, 0.0)).astype(x.dtype)
+        return xk, 1 / jnp.maximum(left_k, right_k), w_left, 1 - w_left
+
+    # dx side (view 1): γ/D·ẋ − γ·x·w_R·v/D²·ẋ
+    x1, inv1, _, w_right1 = sides(1)
+    gamma1, slope1 = view(gamma, 1, x), view(slope, 1, x)
+    t = unview((gamma1 * inv1 - gamma1 * x1 * w_right1 * slope1 * inv1 * inv1) * g1, x.shape)
+    # output side (view 0): the statistics' terms, and the parameters'.
+    # (Each in a view of its own measured worse: XLA:CPU then stores the
+    # max's selection once per reduction.)
+    x0, inv0, w_left0, w_right0 = sides(0)
+    q = -gamma * x0 * inv0 * inv0
+    t = t + q * (w_left0 * (half_batch / left) + w_right0 * (half_in / root + slope_dot * x0))
+    if scale is not None:
+        t = t + scale_dot * x0 * inv0
+    if bias is not None:
+        t = t + bias_dot
+    return (y, batch_out), (t, tuple(jnp.zeros_like(b) for b in batch_out))
