@@ -2,7 +2,10 @@
 
 Times, under jit and interleaved, the per-channel sum of ``x`` (what
 flax.linen reduces) against the sum of ``x − s`` with ``s`` a per-channel
-sample (what jaxnorm reduces so that it stays exact at large means).
+sample (what jaxnorm reduces so that it stays exact at large means). Also
+times both moments asked for in one program, against the two alone: whether
+the backend fuses two reductions of one array into one pass (the bytes its
+kernels move, from :mod:`jaxnorm.bench.hlo_traffic`, say whether it did).
 
     python benchmarks/shift_cost.py [--shape 8x64x64x64] [--repeats 80]
 """
@@ -15,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnorm.bench.hlo_traffic import compiled_traffic
 from jaxnorm.bench.timing import interleaved_medians
 
 
@@ -32,6 +36,7 @@ def main(argv=None) -> int:
         "sum(x*x)": (jax.jit(lambda x: jnp.sum(x * x, axes)), (x,)),
         "sum(x - s)": (jax.jit(lambda x, s: jnp.sum(x - s, axes)), (x, shift)),
         "sum((x - s)**2)": (jax.jit(lambda x, s: jnp.sum(jnp.square(x - s), axes)), (x, shift)),
+        "both, one program": (jax.jit(lambda x: (jnp.sum(x, axes), jnp.sum(x * x, axes))), (x,)),
     }
     times = interleaved_medians([lambda f=f, a=a: f(*a) for f, a in fns.values()], repeats=args.repeats)
     base = dict(zip(fns, times))
@@ -40,6 +45,10 @@ def main(argv=None) -> int:
         print(f"  {name:16s} {1e3 * t:.3f}")
     print(f"shifted/plain: {base['sum(x - s)'] / base['sum(x)']:.2f} (first moment), "
           f"{base['sum((x - s)**2)'] / base['sum(x*x)']:.2f} (second)")
+    both, (f, a) = base["both, one program"], fns["both, one program"]
+    print(f"sum(x) and sum(x*x) in one program / the two alone: "
+          f"{both / (base['sum(x)'] + base['sum(x*x)']):.2f}; "
+          f"its kernels read {compiled_traffic(f, *a, like=x):.0f}x the input")
     return 0
 
 
