@@ -38,11 +38,13 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+
 from jaxnorm._remat import STATISTICS, statistic
 from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
 from jaxnorm._views import split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
+
 
 @dataclasses.dataclass(frozen=True)
 class NormSpec:

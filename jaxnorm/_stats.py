@@ -48,6 +48,9 @@ most entries)::
 Every term is of the order of the spread, so exactness survives the trip,
 and it costs one collective, not one per moment. Under ``vmap`` the gathered
 statistics are the same for every member, so the combination runs once.
+The same merge pools sets within one array (:func:`pool_moments`): the
+LayerNorm and BatchNorm statistics of Switchable Normalization and
+EvoNorm-B0 come from one pass of InstanceNorm moments.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ from jaxnorm._remat import statistic
 from jaxnorm._views import unview, view
 
 __all__ = [
-    "Moments", "Reduction", "compute_dtype", "moments", "pool_members", "pool_moments", "shifted_default", "unshifted_statistics",
+    "Moments", "Reduction", "compute_dtype", "moments", "pool_members", "pool_moments",
+    "shifted_default", "unshifted_statistics",
 ]
 
 _SHIFTED = contextvars.ContextVar("jaxnorm_shifted_statistics", default=True)

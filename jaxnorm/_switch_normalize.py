@@ -63,6 +63,7 @@ class MixSpec:
     axis_index_groups: tuple | None = None
 
     def batch_axes(self) -> tuple[int, ...]:
+        """The axes IN sets are pooled over into BN sets on this device."""
         return () if self.batch_axis is None else (self.batch_axis,)
 
 
@@ -79,6 +80,7 @@ class _Sources:
 
 
 def _sources(spec: MixSpec, x, run_mean, run_var) -> _Sources:
+    """One pass of IN moments, pooled exactly into the LN and (training) BN sources."""
     inst = moments(x, Reduction(spec.spatial))
     layer = pool_moments(inst, (spec.channel_axis,))
     batch = None
@@ -117,6 +119,7 @@ def _sources(spec: MixSpec, x, run_mean, run_var) -> _Sources:
 
 
 def _mix(w, terms):
+    """``Σ_k w_k · terms_k``."""
     return sum(w[k] * terms[k] for k in range(len(terms)))
 
 
