@@ -69,6 +69,7 @@ class B0Spec:
 
 
 def _statistics(spec: B0Spec, x, run_var):
+    """IN moments, the batch moments pooled from them (training), ``L`` and ``sqrt(σ²_I + ε)``."""
     inst = moments(x, Reduction(spec.spatial))
     batch = None
     if spec.training:
@@ -83,6 +84,7 @@ def _statistics(spec: B0Spec, x, run_var):
 
 
 def _batch_out(batch):
+    """The batch moments as outputs without derivative (``()`` in inference)."""
     return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
 
 

@@ -146,6 +146,7 @@ def switch_normalize(spec: MixSpec, x, scale, bias, w_mean, w_var, run_mean, run
 
 
 def _output(spec, x, scale, bias, w_mean, w_var, src):
+    """``((x − s) − D)·r·scale + bias``."""
     r = statistic(lax.rsqrt(_mix(w_var, src.var) + spec.epsilon))
     a = r if scale is None else r * scale
     offset = _mix(w_mean, src.d)
@@ -154,6 +155,7 @@ def _output(spec, x, scale, bias, w_mean, w_var, src):
 
 
 def _batch_out(src):
+    """The batch moments as outputs without derivative (``()`` in inference)."""
     return () if src.batch is None else tuple(lax.stop_gradient(t) for t in src.batch)
 
 
