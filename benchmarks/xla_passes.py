@@ -2,8 +2,10 @@
 
 Profiles (``jax.profiler``) jaxnorm's and flax.linen's forward+backward of
 one scheme and lists each compiled fusion with its time, output shape and
-whether its output is full-size (a stored intermediate or the result). This
-is how the passes over the data quoted in the README were counted.
+whether its output is full-size (a stored intermediate or the result), then
+the kernels that read or write full-size arrays and how many bytes (from the
+compiled HLO: :mod:`jaxnorm.bench.hlo_traffic`). On 2 cores XLA runs
+independent kernels at once, so the times overlap; the bytes do not.
 
     python benchmarks/xla_passes.py [--scheme instance_norm] [--shape 16x32x32x256] [--forward]
 """
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm.bench.cases import batch_cases, batch_independent_cases
+from jaxnorm.bench.hlo_traffic import kernel_traffic
 from jaxnorm.bench.run import _flax_apply
 
 
@@ -78,6 +81,13 @@ def main(argv=None) -> int:
         for t, k, v in rows:
             if t >= 0.05:
                 print(f"  {t:7.2f} ms  {k:32s} {v}{'  (full size)' if v.endswith(full) else ''}")
+        # The same program's kernels by the full-size bytes they move (no timing).
+        text = jitted.lower(*fargs).compile().as_text()
+        kernels = [k for k in kernel_traffic(text, x.nbytes // 8) if k[2] or k[3]]
+        moved = sum(r + w for _, _, r, w in kernels) / x.nbytes
+        print(f"  kernels that move full-size arrays (reads + writes, in x's bytes): {moved:.0f}x in all")
+        for k, v, r, w in kernels:
+            print(f"    {k:36s} reads {r / x.nbytes:.0f}x  writes {w / x.nbytes:.0f}x  {v}")
     return 0
 
 

@@ -90,3 +90,17 @@ def test_hlo_traffic_counts_the_cheapest_branch_of_a_conditional():
 
     moved = compiled_traffic(jax.jit(f), x, jnp.float32(1), like=x)
     assert moved == pytest.approx(1)
+
+
+def test_kernel_traffic_lists_what_hlo_traffic_sums():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnorm.bench.hlo_traffic import hlo_traffic, kernel_traffic
+
+    x = jnp.ones((64, 256), jnp.float32)
+    text = jax.jit(lambda x: jnp.sum(x * 2, 0) + jnp.sum(x * x, 0)).lower(x).compile().as_text()
+    kernels = kernel_traffic(text, x.nbytes // 8)
+    assert sum(r + w for _, _, r, w in kernels) == hlo_traffic(text, x.nbytes // 8)
+    assert all(w == 0 for _, _, _, w in kernels)  # reductions write small results
+    assert sum(r for _, _, r, _ in kernels) >= x.nbytes

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["compiled_traffic", "hlo_traffic"]
+__all__ = ["compiled_traffic", "hlo_traffic", "kernel_traffic"]
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
           "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
@@ -54,9 +54,10 @@ def _computations(text: str) -> dict[str, list[str]]:
     return comps
 
 
-def _traffic(comps, name: str, min_bytes: int) -> int:
+def _kernels(comps, name: str, min_bytes: int) -> list[tuple[str, str, int, int]]:
+    """``(kernel, result shape, bytes read, bytes written)`` of each kernel of computation ``name``."""
     sizes: dict[str, int] = {}
-    total = 0
+    rows = []
     for line in comps[name]:
         match = _INSTRUCTION.match(line)
         if not match:
@@ -67,12 +68,23 @@ def _traffic(comps, name: str, min_bytes: int) -> int:
             continue
         if op == "conditional":
             branches = re.search(r"branch_computations=\{([^}]*)\}", rest).group(1)
-            total += min(_traffic(comps, b.strip().lstrip("%"), min_bytes) for b in branches.split(","))
+            cheapest = min((_kernels(comps, b.strip().lstrip("%"), min_bytes) for b in branches.split(",")),
+                           key=lambda ks: sum(r + w for _, _, r, w in ks))
+            rows += cheapest
             continue
-        total += sum(sizes[a] for a in re.findall(r"%([\w.\-]+)", operands) if sizes.get(a, 0) >= min_bytes)
-        if sizes[result] >= min_bytes:
-            total += sizes[result]
-    return total
+        read = sum(sizes[a] for a in re.findall(r"%([\w.\-]+)", operands) if sizes.get(a, 0) >= min_bytes)
+        written = sizes[result] if sizes[result] >= min_bytes else 0
+        rows.append((result, shape, read, written))
+    return rows
+
+
+def kernel_traffic(text: str, min_bytes: int) -> list[tuple[str, str, int, int]]:
+    """Each kernel of the entry computation: ``(name, result shape, bytes read, bytes written)``.
+
+    Only arrays of at least ``min_bytes`` count; a ``conditional`` stands for
+    the kernels of its cheapest branch.
+    """
+    return _kernels(_computations(text), "ENTRY", min_bytes)
 
 
 def hlo_traffic(text: str, min_bytes: int) -> int:
@@ -85,7 +97,7 @@ def hlo_traffic(text: str, min_bytes: int) -> int:
     Returns:
       The total, in bytes.
     """
-    return _traffic(_computations(text), "ENTRY", min_bytes)
+    return sum(r + w for _, _, r, w in kernel_traffic(text, min_bytes))
 
 
 def compiled_traffic(jitted, *args, like) -> float:
