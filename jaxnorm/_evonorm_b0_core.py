@@ -8,7 +8,7 @@ per-example term::
 with ``σ²_I`` the variance of each InstanceNorm set (one example's channel
 over its spatial axes) and ``σ²_B`` the BatchNorm variance (every IN set of
 a channel, across devices too), pooled exactly from the IN moments
-(:func:`jaxnorm._stats.pool_moments`) in training, the running variance in
+(:func:`jaxnorm._stats.pool_sets`) in training, the running variance in
 inference.
 
 Derivative. With ``A = Σ_I ẋ`` and ``B = Σ_I (x − s)·ẋ`` per IN set (``s``
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Reduction, moments, pool_members, pool_moments
+from jaxnorm._stats import Reduction, moments, pool_sets
 from jaxnorm._views import unview, view
 
 __all__ = ["B0Spec", "b0_divide"]
@@ -60,12 +60,9 @@ class B0Spec:
     axis_name: object = None
     axis_index_groups: tuple | None = None
 
-    def pool(self, t):
-        """Sum IN-set values over each BN set (keepdims), across devices too."""
-        t = jnp.sum(t, self.batch_axes, keepdims=True) if self.batch_axes else t
-        if self.axis_name is not None:
-            t = lax.psum(t, self.axis_name, axis_index_groups=self.axis_index_groups)
-        return t
+    def batch(self) -> Reduction:
+        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
+        return Reduction(self.batch_axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
 
 
 def _statistics(spec: B0Spec, x, run_var):
@@ -73,9 +70,7 @@ def _statistics(spec: B0Spec, x, run_var):
     inst = moments(x, Reduction(spec.spatial))
     batch = None
     if spec.training:
-        batch = pool_moments(inst, spec.batch_axes) if spec.batch_axes else inst
-        if spec.axis_name is not None:
-            batch = pool_members(batch, spec.axis_name, spec.axis_index_groups)
+        batch = pool_sets(inst, spec.batch())
         left = jnp.sqrt(batch.var + spec.epsilon)
     else:
         left = jnp.sqrt(run_var + spec.epsilon)
@@ -133,7 +128,7 @@ def _b0_divide_jvp(spec, primals, tangents):
     half_in = (b_sum - inst.mean_shifted * a_sum) / safe
     if spec.training:
         d_batch = (batch.shift - inst.shift) + batch.mean_shifted
-        half_batch = spec.pool(b_sum - d_batch * a_sum) / jnp.maximum(batch.count, 1)
+        half_batch = spec.batch().sum(b_sum - d_batch * a_sum) / jnp.maximum(batch.count, 1)
     else:
         half_batch = run_var_dot / 2
 

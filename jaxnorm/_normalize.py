@@ -106,7 +106,7 @@ def _prepare(spec: NormSpec, x, scale, where):
     """
     xc = x.astype(compute_dtype(x.dtype))
     mo = moments(xc, spec.reduction, where=where, center=spec.center, shifted=spec.shifted)
-    shift, mean_shifted, count = (statistic(t) for t in (mo.shift, mo.mean_shifted, mo.count))
+    shift, mean_shifted, count = mo.shift, mo.mean_shifted, mo.count  # named by moments()
     rstd = statistic(lax.rsqrt(mo.var + spec.epsilon))
     c = (xc - shift) - mean_shifted if spec.center else xc
     if where is not None:

@@ -71,7 +71,7 @@ from jaxnorm._remat import statistic
 from jaxnorm._views import unview, view
 
 __all__ = [
-    "Moments", "Reduction", "compute_dtype", "moments", "pool_members", "pool_moments",
+    "Moments", "Reduction", "compute_dtype", "moments", "pool_moments", "pool_sets",
     "shifted_default", "unshifted_statistics",
 ]
 
@@ -384,10 +384,19 @@ def _combine_members(local: Moments, reduction: Reduction) -> Moments:
     return _chan(n_i, s_i, m_i, m2_i, s_ref, (0,), keepdims=False)
 
 
-def pool_members(mo: Moments, axis_name, axis_index_groups=None) -> Moments:
-    """Moments of each set pooled across the members of ``axis_name`` (one ``all_gather``), named."""
-    red = Reduction((), axis_name=axis_name, axis_index_groups=axis_index_groups)
-    return _named(_combine_members(mo, red))
+def pool_sets(mo: Moments, reduction: Reduction) -> Moments:
+    """The moments of the unions of ``mo``'s sets along ``reduction.axes`` and across its ``axis_name``.
+
+    :func:`pool_moments` over the axes, then one ``all_gather`` across the
+    named axis (as :func:`moments` does for its own sets); exact throughout.
+    For example, BatchNorm's moments from InstanceNorm's, pooled over the
+    batch axis and the devices.
+    """
+    if reduction.axes:
+        mo = pool_moments(mo, reduction.axes)
+    if reduction.axis_name is not None:
+        mo = _named(_combine_members(mo, reduction))
+    return mo
 
 
 def pool_moments(mo: Moments, axes: tuple[int, ...]) -> Moments:

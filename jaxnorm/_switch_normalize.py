@@ -7,7 +7,7 @@ Switchable Normalization (Luo et al. 2019) mixes three sources ``k``::
 over the InstanceNorm sets (per example and channel), the LayerNorm sets
 (per example) and the BatchNorm sets (per channel). Every LN and BN set is
 a union of IN sets, so one pass of IN moments gives all three
-(:func:`jaxnorm._stats.pool_moments`), and ``x − μ`` is formed as
+(:func:`jaxnorm._stats.pool_sets`), and ``x − μ`` is formed as
 ``(x − s) − D`` with ``s`` the IN shift and ``D = Σ_k w_k (μ_k − s)``,
 exact at large means.
 
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Moments, Reduction, moments, pool_members, pool_moments
+from jaxnorm._stats import Moments, Reduction, moments, pool_sets
 from jaxnorm._views import unview, view
 
 __all__ = ["MixSpec", "switch_normalize"]
@@ -62,9 +62,14 @@ class MixSpec:
     axis_name: object = None
     axis_index_groups: tuple | None = None
 
-    def batch_axes(self) -> tuple[int, ...]:
-        """The axes IN sets are pooled over into BN sets on this device."""
-        return () if self.batch_axis is None else (self.batch_axis,)
+    def layer(self) -> Reduction:
+        """The IN sets of one example, pooled over its channels: the LN sets."""
+        return Reduction((self.channel_axis,))
+
+    def batch(self) -> Reduction:
+        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
+        axes = () if self.batch_axis is None else (self.batch_axis,)
+        return Reduction(axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
 
 
 @dataclasses.dataclass
@@ -82,33 +87,21 @@ class _Sources:
 def _sources(spec: MixSpec, x, run_mean, run_var) -> _Sources:
     """One pass of IN moments, pooled exactly into the LN and (training) BN sources."""
     inst = moments(x, Reduction(spec.spatial))
-    layer = pool_moments(inst, (spec.channel_axis,))
-    batch = None
-    if spec.training:
-        batch = pool_moments(inst, spec.batch_axes()) if spec.batch_axes() else inst
-        if spec.axis_name is not None:
-            batch = pool_members(batch, spec.axis_name, spec.axis_index_groups)
+    layer = pool_sets(inst, spec.layer())
+    batch = pool_sets(inst, spec.batch()) if spec.training else None
     shift = inst.shift
 
     def offset(mo):
         return (mo.shift - shift) + mo.mean_shifted
 
-    def pool(axes, psum):
-        def p(t):
-            t = jnp.sum(t, axes, keepdims=True) if axes else t
-            if psum:
-                t = lax.psum(t, spec.axis_name, axis_index_groups=spec.axis_index_groups)
-            return t
-        return p
-
     d = [offset(inst), offset(layer)]
     var = [inst.var, layer.var]
-    pools = [pool((), False), pool((spec.channel_axis,), False)]
+    pools = [lambda t: t, spec.layer().sum]
     counts = [inst.count, layer.count]
     if spec.training:
         d.append(offset(batch))
         var.append(batch.var)
-        pools.append(pool(spec.batch_axes(), spec.axis_name is not None))
+        pools.append(spec.batch().sum)
         counts.append(batch.count)
     else:
         d.append(run_mean - shift)
