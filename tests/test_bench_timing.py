@@ -60,6 +60,17 @@ def test_target_summary_counts_residuals_over_every_scheme():
                for l in lines), lines
 
 
+def test_target_summary_names_the_missed_rows_whose_floor_is_below_the_target():
+    rows = [
+        {"scheme": "instance_norm 4x4", "ratio_fwd": 1.0, "ratio_fwd_bwd": 0.9, "floor_ratio_fwd_bwd": 0.7},
+        {"scheme": "layer_norm 4x4", "ratio_fwd": 1.0, "ratio_fwd_bwd": 0.7, "floor_ratio_fwd_bwd": 0.3},
+        {"scheme": "rms_norm 4x4", "ratio_fwd": 1.0, "ratio_fwd_bwd": 0.4, "floor_ratio_fwd_bwd": 0.2},
+    ]
+    last = _bench_norms().target_summary(rows)[-1]
+    assert last.startswith("rows above 0.5 forward+backward: 2; with a floor"), last
+    assert last.endswith("above 0.5 too: 1; floor below: layer_norm 4x4"), last
+
+
 def test_hlo_traffic_counts_full_size_reads_and_writes():
     import jax
     import jax.numpy as jnp

@@ -9,6 +9,7 @@ import numpy as np
 
 import jaxnorm
 from jaxnorm import reference
+from jaxnorm.bench.floor import floor_program
 
 __all__ = [
     "DEFAULT_SHAPE",
@@ -41,6 +42,8 @@ class Case:
       flax_batch_stats: the Flax module keeps running statistics (BatchNorm
         in training mode): it is given fresh ``batch_stats`` and run with
         them mutable.
+      floor: ``(x, g) -> ...``, the bare reductions any forward+backward of
+        the scheme must run (:mod:`jaxnorm.bench.floor`), or None.
     """
 
     scheme: str
@@ -52,6 +55,7 @@ class Case:
     flax_module: Callable | None = None
     implementation: str = "xla"
     flax_batch_stats: bool = False
+    floor: Callable | None = None
 
 
 def _flax(name: str, **kwargs) -> Callable:
@@ -95,7 +99,7 @@ def batch_cases(shape=DEFAULT_SHAPE) -> list[Case]:
             lambda x, s, b: jaxnorm.batch_norm(x, s, b, stats, training=True)[0],
             lambda x, s, b: reference.batch_norm(x, s, b, zeros, ones, training=True)[0],
             (c,), flax_module=_flax("BatchNorm", use_running_average=False, momentum=0.99, epsilon=1e-5),
-            flax_batch_stats=True,
+            flax_batch_stats=True, floor=floor_program("batch_norm", shape),
         ),
     ]
     if virtual is not None:
@@ -147,27 +151,28 @@ def batch_independent_cases(shape=DEFAULT_SHAPE, *, num_groups: int = 32, implem
             lambda x, s, b: jaxnorm.layer_norm(x, s, b, epsilon=1e-5, **impl),
             lambda x, s, b: reference.layer_norm(x, s, b, epsilon=1e-5),
             (c,), flax_module=_flax("LayerNorm", epsilon=1e-5),
-            implementation=implementation,
+            implementation=implementation, floor=floor_program("layer_norm", shape),
         ),
         Case(
             "rms_norm", shape,
             lambda x, s, b: jaxnorm.rms_norm(x, s, epsilon=1e-6, **impl),
             lambda x, s, b: reference.rms_norm(x, s, epsilon=1e-6),
             (c,), has_bias=False, flax_module=_flax("RMSNorm", epsilon=1e-6),
-            implementation=implementation,
+            implementation=implementation, floor=floor_program("rms_norm", shape),
         ),
         Case(
             "group_norm", shape,
             lambda x, s, b: jaxnorm.group_norm(x, s, b, num_groups=num_groups, epsilon=1e-5, **impl),
             lambda x, s, b: reference.group_norm(x, s, b, num_groups=num_groups, epsilon=1e-5),
             (c,), flax_module=_flax("GroupNorm", num_groups=num_groups, epsilon=1e-5),
-            implementation=implementation,
+            implementation=implementation, floor=floor_program("group_norm", shape),
         ),
         Case(
             "instance_norm", shape,
             lambda x, s, b: jaxnorm.instance_norm(x, s, b, epsilon=1e-5),
             lambda x, s, b: reference.instance_norm(x, s, b, epsilon=1e-5),
             (c,), flax_module=_flax("InstanceNorm", epsilon=1e-5),
+            floor=floor_program("instance_norm", shape),
         ),
     ]
 

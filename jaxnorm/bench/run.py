@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnorm._stats import unshifted_statistics
 from jaxnorm.bench.cases import Case
+from jaxnorm.bench.faults import page_faults_per_call
 from jaxnorm.bench.hlo_traffic import compiled_traffic
 from jaxnorm.bench.memory import residual_bytes, temp_bytes
 from jaxnorm.bench.progress import Progress
-import statistics
-
 from jaxnorm.bench.timing import interleaved_samples, paired_ratio
-from jaxnorm._stats import unshifted_statistics
 from jaxnorm.bench.traffic import FWD_BWD_PASSES, FWD_PASSES, copy_pass
 
 __all__ = ["flax_available", "run_case", "run_cases"]
@@ -76,7 +76,7 @@ def _flax_apply(case: Case):
 
 def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
              with_flax: bool = True, memory: bool = False, traffic: bool = False,
-             unshifted: bool = False, mean: float = 0.0) -> dict:
+             unshifted: bool = False, floor: bool = False, mean: float = 0.0) -> dict:
     """Check ``case`` against float64 and time it (and its Flax twin).
 
     Forward is ``y = f(x, scale, bias)``; forward+backward is the gradient of
@@ -88,7 +88,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         backward pass, XLA's temporary bytes for forward+backward
         (:mod:`jaxnorm.bench.memory`) and the bytes its compiled kernels
         move (:mod:`jaxnorm.bench.hlo_traffic`), as multiples of the input's
-        bytes, and jaxnorm's moved bytes over Flax's.
+        bytes, and jaxnorm's moved bytes over Flax's; and the page faults
+        per forward+backward call (:mod:`jaxnorm.bench.faults`).
       traffic: also measure this machine's elementwise-copy rate on ``x``
         (interleaved with the forward runs) and report each
         implementation's achieved rate against it
@@ -98,6 +99,10 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
       unshifted: also time jaxnorm with textbook, unshifted statistics
         (:func:`jaxnorm._stats.unshifted_statistics`; inexact at large
         means) and report its ratios to Flax: what exactness costs.
+      floor: also time the case's floor program (the bare reductions any
+        forward+backward must run, :mod:`jaxnorm.bench.floor`) with the
+        forward+backward runs, and report it over Flax's time: a ratio no
+        program built from XLA's kernels gets below.
 
     Returns:
       A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios
@@ -137,13 +142,22 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
     # forward+backward: each group shares the allocator state it leaves.
     if traffic:
         forward.append(copy_pass(x))
+    timed_floor = floor and case.floor is not None and "flax" in impls
+    if timed_floor:
+        backward.append(lambda f=case.floor: f(x, cot))
     fwd_samples = interleaved_samples(forward, repeats=repeats)
     bwd_samples = interleaved_samples(backward, repeats=repeats)
     fwd_times = [statistics.median(t) for t in fwd_samples]
     for name, tf, tb in zip(impls, fwd_samples, bwd_samples):
         row[f"{name}_fwd_ms"] = 1e3 * statistics.median(tf)
         row[f"{name}_fwd_bwd_ms"] = 1e3 * statistics.median(tb)
+    if memory:
+        for name, fn in zip(impls, backward):
+            if name != "unshifted":
+                row[f"{name}_fwd_bwd_faults"] = page_faults_per_call(fn)
     row["input_mean"] = mean
+    if timed_floor:
+        row["floor_fwd_bwd_ms"] = 1e3 * statistics.median(bwd_samples[-1])
     if "flax" in impls:
         row["ratio_fwd"] = row["jaxnorm_fwd_ms"] / row["flax_fwd_ms"]
         row["ratio_fwd_bwd"] = row["jaxnorm_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
@@ -155,6 +169,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
             q25, q50, q75 = paired_ratio(samples[0], samples[flax_at])
             row[f"paired_ratio_{kind}"] = q50
             row[f"paired_ratio_{kind}_iqr"] = [q25, q75]
+        if timed_floor:
+            row["floor_ratio_fwd_bwd"] = row["floor_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
         if "unshifted" in impls:
             row["unshifted_ratio_fwd"] = row["unshifted_fwd_ms"] / row["flax_fwd_ms"]
             row["unshifted_ratio_fwd_bwd"] = row["unshifted_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]

@@ -44,6 +44,7 @@ SPEED_COLUMNS = [
     ("flax", "flax_fwd_bwd_ms", "{:.2f}"),
     ("ratio", "ratio_fwd_bwd", "{:.2f}"),
     ("iqr", "paired_ratio_fwd_bwd_iqr", "{0[0]:.2f}-{0[1]:.2f}"),
+    ("floor", "floor_ratio_fwd_bwd", "{:.2f}"),
     ("f+b/copy", "jaxnorm_fwd_bwd_of_copy", "{:.2f}"),
     ("flax", "flax_fwd_bwd_of_copy", "{:.2f}"),
     ("resid/x", "jaxnorm_residuals_x", "{:.2f}"),
@@ -53,19 +54,25 @@ SPEED_COLUMNS = [
     ("moved/x", "jaxnorm_moved_x", "{:.0f}"),
     ("flax", "flax_moved_x", "{:.0f}"),
     ("ratio", "moved_ratio", "{:.2f}"),
+    ("faults", "jaxnorm_fwd_bwd_faults", "{:.0f}"),
+    ("flax", "flax_fwd_bwd_faults", "{:.0f}"),
 ]
 
 SPEED_LEGEND = (
     "Median ms under jax.jit, interleaved in one process; f+b = forward + backward (grads of x,\n"
     "scale, bias); ratio = jaxnorm / flax.linen (< 1: jaxnorm faster), of the medians; iqr: the\n"
     "interquartile range of the ratios taken within each round (how far the machine moves it).\n"
+    "floor: the bare reductions any forward+backward of the scheme must run (jaxnorm.bench.floor),\n"
+    "timed in the same rounds, over flax.linen's time: no program of XLA kernels gets below it.\n"
     "f+b/copy: achieved rate\n"
     "(reading x and the cotangent, writing dx: 3x the input's bytes) over this machine's\n"
     "elementwise-copy rate on the same array (1.0 = the traffic floor). resid/x: bytes jax.vjp\n"
     "keeps for the backward, over the input's bytes; temp/x: XLA's temporary allocation for the\n"
     "compiled forward+backward, over the input's bytes. moved/x: full-size bytes the compiled\n"
     "forward+backward's kernels read and write (jaxnorm.bench.hlo_traffic), over the input's\n"
-    "bytes; ratio: jaxnorm's over flax's. err@1e4: relative L2 error at mean 1e4."
+    "bytes; ratio: jaxnorm's over flax's. faults: minor page faults per forward+backward call\n"
+    "(fresh buffers from 32 MiB up are mapped anew and faulted in page by page on every call).\n"
+    "err@1e4: relative L2 error at mean 1e4."
 )
 
 
