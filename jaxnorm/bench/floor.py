@@ -18,8 +18,9 @@ asking for ``Σx`` and ``Σx²`` together still reads ``x`` twice):
 :func:`floor_program` is those reductions and nothing else, each bare (no
 shift, no statistics broadcast back), with small outputs. It leaves out the
 ``dx`` pass (reading ``x`` and ``g``, writing ``dx``), which every program
-also runs, so its time is below that of any program built from XLA's
-kernels; over flax.linen's time, it bounds the ratio jaxnorm can reach.
+also runs, so it is less work than any program built from XLA's kernels;
+its time over flax.linen's estimates the lowest ratio jaxnorm can reach
+(an estimate: a kernel's speed can depend on what runs around it).
 """
 
 from __future__ import annotations

@@ -101,8 +101,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         means) and report its ratios to Flax: what exactness costs.
       floor: also time the case's floor program (the bare reductions any
         forward+backward must run, :mod:`jaxnorm.bench.floor`) with the
-        forward+backward runs, and report it over Flax's time: a ratio no
-        program built from XLA's kernels gets below.
+        forward+backward runs, and report it over Flax's time: about the
+        lowest ratio a program built from XLA's kernels can reach.
 
     Returns:
       A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios

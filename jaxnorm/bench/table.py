@@ -63,7 +63,7 @@ SPEED_LEGEND = (
     "scale, bias); ratio = jaxnorm / flax.linen (< 1: jaxnorm faster), of the medians; iqr: the\n"
     "interquartile range of the ratios taken within each round (how far the machine moves it).\n"
     "floor: the bare reductions any forward+backward of the scheme must run (jaxnorm.bench.floor),\n"
-    "timed in the same rounds, over flax.linen's time: no program of XLA kernels gets below it.\n"
+    "timed in the same rounds, over flax.linen's time: about the lowest ratio XLA kernels allow.\n"
     "f+b/copy: achieved rate\n"
     "(reading x and the cotangent, writing dx: 3x the input's bytes) over this machine's\n"
     "elementwise-copy rate on the same array (1.0 = the traffic floor). resid/x: bytes jax.vjp\n"
