@@ -89,7 +89,7 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         (:mod:`jaxnorm.bench.memory`) and the bytes its compiled kernels
         move (:mod:`jaxnorm.bench.hlo_traffic`), as multiples of the input's
         bytes, and jaxnorm's moved bytes over Flax's; and the page faults
-        per forward+backward call (:mod:`jaxnorm.bench.faults`).
+        per forward and per forward+backward call (:mod:`jaxnorm.bench.faults`).
       traffic: also measure this machine's elementwise-copy rate on ``x``
         (interleaved with the forward runs) and report each
         implementation's achieved rate against it
@@ -152,9 +152,10 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         row[f"{name}_fwd_ms"] = 1e3 * statistics.median(tf)
         row[f"{name}_fwd_bwd_ms"] = 1e3 * statistics.median(tb)
     if memory:
-        for name, fn in zip(impls, backward):
+        for name, fwd_fn, bwd_fn in zip(impls, forward, backward):
             if name != "unshifted":
-                row[f"{name}_fwd_bwd_faults"] = page_faults_per_call(fn)
+                row[f"{name}_fwd_faults"] = page_faults_per_call(fwd_fn)
+                row[f"{name}_fwd_bwd_faults"] = page_faults_per_call(bwd_fn)
     row["input_mean"] = mean
     if timed_floor:
         row["floor_fwd_bwd_ms"] = 1e3 * statistics.median(bwd_samples[-1])
