@@ -11,9 +11,9 @@ from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._channel_setup import channel_setup
 from jaxnorm._evonorm_b0_core import B0Spec, b0_divide
+from jaxnorm._evonorm_s0_core import s0_gate
 from jaxnorm._params import apply_affine
 from jaxnorm._remat import keep_statistics
-from jaxnorm._rstd import set_rstd
 from jaxnorm._stats import Moments, compute_dtype
 
 __all__ = ["evonorm_b0", "evonorm_s0"]
@@ -64,8 +64,8 @@ def evonorm_s0(
 
     def s0(x, scale, bias, v):
         xc = x.astype(compute_dtype(x.dtype))
-        slope = 1 if v is None else v
-        y = xc * jax.nn.sigmoid(slope * xc) * set_rstd(xc, reduction, s.epsilon)
+        slope = jnp.ones((1,) * x.ndim, xc.dtype) if v is None else v
+        y = s0_gate(reduction, s.epsilon, xc, slope)
         return apply_affine(y, scale, bias).astype(x.dtype)
 
     # Reverse mode keeps x and the group variances; the gate is recomputed.

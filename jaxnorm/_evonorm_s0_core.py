@@ -1,0 +1,84 @@
+"""EvoNorm-S0's gate over the group deviation, with a closed-form derivative.
+
+EvoNorm-S0 (Liu et al. 2020) is ``y = z · γ + β`` with::
+
+    z = x · σ(v·x) · r,   r = (var_G(x) + ε)^(−1/2)
+
+``σ`` the logistic sigmoid and ``var_G`` the biased variance of each
+GroupNorm set (one example's spatial axes and a group of channels).
+Differentiated op by op, XLA:CPU stores ``σ(v·x)``, ``x·σ(v·x)`` and the
+statistics' broadcasts between kernels. The derivative is short::
+
+    ż = r·(σ + v·x·σ·(1 − σ))·ẋ + r·x²·σ·(1 − σ)·v̇ + x·σ·ṙ
+    ṙ = −r³ · (B − d·A)/n,   A = Σ_G ẋ,   B = Σ_G (x − s)·ẋ
+
+with ``s`` each set's shift and ``d = μ − s`` (so ``B − d·A = Σ_G (x − μ)·ẋ``,
+exact at large means). It is a ``jax.custom_jvp`` made of JAX operations
+and linear in the tangents: JAX transposes it for reverse mode (the per-set
+sums of the cotangent times ``x·σ``, the per-channel sum for ``v̄``, then one
+pass for ``dx``), and forward mode and higher orders keep working. The
+``ẋ`` side is computed in its own view (:mod:`jaxnorm._views`) so that each
+kernel recomputes ``σ(v·x)`` from ``x`` instead of XLA storing it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._remat import statistic
+from jaxnorm._stats import Reduction, moments
+from jaxnorm._views import unview, view
+
+__all__ = ["s0_gate"]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def s0_gate(reduction: Reduction, epsilon: float, x: jax.Array, slope: jax.Array) -> jax.Array:
+    """``x · σ(v·x) / sqrt(var_G(x) + ε)`` for the sets of ``reduction``.
+
+    Args:
+      reduction: the GroupNorm sets (hashable).
+      epsilon: added to the biased variance.
+      x: input in the compute dtype.
+      slope: ``v``, an array broadcastable to ``x`` (per channel or per
+        example and channel).
+
+    Returns:
+      ``z`` with ``x``'s shape.
+    """
+    r = lax.rsqrt(moments(x, reduction).var + epsilon)
+    return x * jax.nn.sigmoid(slope * x) * r
+
+
+@s0_gate.defjvp
+def _s0_gate_jvp(reduction, epsilon, primals, tangents):
+    x, slope = primals
+    x_dot, slope_dot = tangents
+    mo = moments(x, reduction)
+    r = statistic(lax.rsqrt(mo.var + epsilon))
+
+    def gated(k):
+        """``(x, σ(v·x))`` in view ``k``: each use recomputes the sigmoid (XLA would store a shared one)."""
+        xk = view(x, k, x)
+        return xk, jax.nn.sigmoid(view(slope, k, x) * xk)
+
+    x2, gate2 = gated(2)
+    z = unview(x2 * gate2 * view(r, 2, x), x.shape)
+
+    # ẋ's side in view 1: the per-set sums and the elementwise term (whose
+    # transposes are the cotangent's sums and the dx pass).
+    g1, x1 = view(x_dot, 1, x), view(x, 1, x)
+    a_sum, b_sum = reduction.sum(unview(g1, x.shape), unview((x1 - view(mo.shift, 1, x)) * g1, x.shape))
+    r_dot = -(r * r * r) * (b_sum - mo.mean_shifted * a_sum) / jnp.maximum(mo.count, 1)
+    slope1 = view(slope, 1, x)
+    gate1 = jax.nn.sigmoid(slope1 * x1)
+    t = unview(view(r, 1, x) * (gate1 + slope1 * x1 * gate1 * (1 - gate1)) * g1, x.shape)
+    # The statistics' term in view 0, the slope's in view 3.
+    t = t + x * jax.nn.sigmoid(slope * x) * r_dot
+    x3, gate3 = gated(3)
+    t = t + unview(view(r, 3, x) * x3 * x3 * gate3 * (1 - gate3) * view(slope_dot, 3, x), x.shape)
+    return z, t
