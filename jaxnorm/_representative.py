@@ -9,11 +9,12 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _validate as v
-from jaxnorm._batch_norm import batch_moments, pool_batch, running_normalize
-from jaxnorm._batch_setup import by_channel, example_axes, setup
-from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum, update_stats
-from jaxnorm._remat import keep_statistics, statistic
-from jaxnorm._stats import compute_dtype
+from jaxnorm._batch_norm import fold_batch
+from jaxnorm._batch_setup import example_axes, setup
+from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
+from jaxnorm._remat import keep_statistics
+from jaxnorm._representative_core import RBNSpec, rbn_affine
+from jaxnorm._stats import Moments, compute_dtype
 
 __all__ = ["RBNCalibration", "representative_batch_norm"]
 
@@ -111,40 +112,35 @@ def representative_batch_norm(
         for name, p in (("center_weight", center_weight), ("scale_weight", scale_weight), ("scale_bias", scale_bias))
     )
     spatial = example_axes(fn, s, batch_axis, channel_axis)
-
-    def per_example_mean(t):
-        return statistic(jnp.mean(t, spatial, keepdims=True)) if spatial else t
+    rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
+    spec = RBNSpec(spatial, rest, s.epsilon, training, axis_name, axis_index_groups)
 
     def rbn(x, scale, bias, w_m, w_v, b_v):
         dtype = compute_dtype(x.dtype)
         xc = x.astype(dtype)
-        # x' = x + w_m·K(x) is formed relative to an offset o (one sample per
-        # channel) as d' = (x − o) + w_m·K(x − o) = x' − (1 + w_m)·o, which is
-        # exact at large means; BatchNorm of d' equals BatchNorm of x'. Across
-        # members (axis_name) the offset must be common, so it is 0 there.
+        # x enters relative to an offset o (one sample per channel), which
+        # keeps every term small at large means; x' is then relative to
+        # (1 + w_m)·o. Across members (axis_name) the offset must be common,
+        # so it is 0 there.
         if axis_name is None:
             offset = lax.stop_gradient(s.reduction.first(xc))
-            shifted = xc - offset
+            xs, moved = xc - offset, (1 + w_m) * offset
         else:
-            offset, shifted = None, xc
-        calibrated = shifted + w_m * per_example_mean(shifted)
+            xs, moved = xc, None
+        run_mean = run_var = None
+        if not training:
+            run_mean = s.channel_shaped(s.stats.mean.astype(dtype))
+            run_mean = run_mean if moved is None else run_mean - moved
+            run_var = s.channel_shaped(s.stats.var.astype(dtype))
+        y, batch = rbn_affine(spec, xs, scale, bias, w_m, w_v, b_v, run_mean, run_var)
+        new = s.stats
         if training:
-            xhat, mo = batch_moments(s, x=calibrated)
-            mean = mo.mean if offset is None else mo.mean + (1 + w_m) * offset
-            mean, var, count = pool_batch(s, mean, mo.var, mo.count, unbiased=convention == "torch")
-            new = update_stats(s.stats, mean, var, count, weights=weights, unbiased=False, fn=fn)
-        else:
-            mean = s.stats.mean
-            if offset is not None:
-                run_mean = s.channel_shaped(mean.astype(dtype))
-                mean = by_channel((run_mean - offset) - w_m * offset, s)[0]
-            xhat = running_normalize(s, mean, s.stats.var, x=calibrated)
-            new = s.stats
-        factor = jax.nn.sigmoid(w_v * per_example_mean(xhat) + b_v)
-        gain = factor if scale is None else scale * factor
-        y = xhat * gain if bias is None else xhat * gain + bias
+            mo = Moments(*batch)
+            if moved is not None:
+                mo = mo._replace(shift=mo.shift + moved)
+            new = fold_batch(s, mo, weights=weights, convention=convention, fn=fn)
         return y.astype(x.dtype), new
 
-    # Reverse mode keeps x, the batch moments and the per-example means;
-    # x' and x̂ are recomputed.
+    # Reverse mode keeps x and the per-(example, channel) coefficients;
+    # everything full-size is recomputed.
     return keep_statistics(rbn)(s.x, s.scale, s.bias, w_m, w_v, b_v)

@@ -1,0 +1,135 @@
+"""Representative BatchNorm as a per-example, per-channel affine map, with a closed-form derivative.
+
+Representative BatchNorm (Gao et al. 2021) calibrates, normalizes with the
+batch statistics, then calibrates again (``K`` the mean over one example's
+spatial axes)::
+
+    x' = x + w_m·K(x),   x̂ = (x' − μ_B)·r_B,   y = γ·σ(w_v·K(x̂) + b_v)·x̂ + β
+
+Every statistic in it follows from the InstanceNorm moments of ``x`` (mean
+``m`` and variance ``v`` of each example's channel): ``x'`` has IN mean
+``(1 + w_m)·m`` and IN variance ``v``, its batch moments ``μ_B``, ``σ²_B``
+are those IN moments pooled exactly over the batch (and the devices,
+:func:`jaxnorm._stats.pool_sets`), ``r_B = (σ²_B + ε)^(−1/2)`` and
+``K(x̂) = ((1 + w_m)·m − μ_B)·r_B``. So ``y = A·x + B`` with per-(example,
+channel) coefficients::
+
+    A = r_B·γ·σ(w_v·K(x̂) + b_v),   B = (w_m·m − μ_B)·A + β
+
+Derivative: with the per-set sums ``Σ ẋ`` and ``Σ (x − s)·ẋ`` (``s`` the IN
+shift) the IN moments' tangents are ``ṁ = Σẋ/n`` and
+``v̇ = 2·(Σ(x − s)ẋ − (m − s)·Σẋ)/n``; ``Ȧ``, ``Ḃ`` are the JVP of the small
+coefficient map, and ``ẏ = A·ẋ + Ȧ·x + Ḃ``. It is a ``jax.custom_jvp`` of
+JAX operations, linear in the tangents: JAX transposes it into the
+per-set sums of ``g`` and ``g·x`` and one pass for ``dx`` (reverse mode),
+and forward mode and higher orders keep working. ``x`` enters relative to
+one sample per channel (the caller's offset), so every term is of the
+order of the spread and nothing cancels at large means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxnorm._remat import statistic
+from jaxnorm._stats import Moments, Reduction, moments, pool_sets
+from jaxnorm._views import unview, view
+
+__all__ = ["RBNSpec", "rbn_affine"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RBNSpec:
+    """Static settings of :func:`rbn_affine`.
+
+    Attributes:
+      spatial: the axes of one InstanceNorm set (``K``'s axes).
+      batch_axes: the axes IN sets are pooled over into BatchNorm sets.
+      epsilon: added to the batch variance.
+      training: batch statistics (True) or the running ones.
+      axis_name, axis_index_groups: BN sets extend across this named axis.
+    """
+
+    spatial: tuple[int, ...]
+    batch_axes: tuple[int, ...]
+    epsilon: float
+    training: bool
+    axis_name: object = None
+    axis_index_groups: tuple | None = None
+
+    def batch(self) -> Reduction:
+        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
+        return Reduction(self.batch_axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+
+
+def _coefficients(spec: RBNSpec, count, inst, params):
+    """``(A, B)`` and the batch moments of ``x'`` from the IN moments ``inst = (shift, mean_shifted, var)``."""
+    shift, mean_shifted, var = inst
+    scale, bias, w_m, w_v, b_v, run_mean, run_var = params
+    m = shift + mean_shifted
+    if spec.training:
+        calibrated = Moments((1 + w_m) * shift, (1 + w_m) * mean_shifted, var, count)
+        batch = pool_sets(calibrated, spec.batch())
+        mu_b, var_b = batch.shift + batch.mean_shifted, batch.var
+    else:
+        batch, mu_b, var_b = None, run_mean, run_var
+    r_b = lax.rsqrt(var_b + spec.epsilon)
+    factor = jax.nn.sigmoid(w_v * (((1 + w_m) * m - mu_b) * r_b) + b_v)
+    a = r_b * factor if scale is None else r_b * factor * scale
+    b = (w_m * m - mu_b) * a
+    if bias is not None:
+        b = b + bias
+    return a, b, batch
+
+
+def _batch_out(batch):
+    """The batch moments as outputs without derivative (``()`` in inference)."""
+    return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def rbn_affine(spec: RBNSpec, x, scale, bias, w_m, w_v, b_v, run_mean, run_var):
+    """Representative BatchNorm of ``x`` and the batch moments of ``x'`` (training; ``()`` in inference).
+
+    Args:
+      spec: static settings.
+      x: input in the compute dtype, relative to a per-channel offset.
+      scale, bias: None or arrays broadcastable to ``x`` (per channel or per
+        example and channel).
+      w_m, w_v, b_v: the calibration weights, shaped to broadcast per channel.
+      run_mean, run_var: the running statistics of ``x'`` relative to the
+        same offset, shaped per channel (inference), or None (training).
+
+    Returns:
+      ``(y, batch)``: the output and, in training, the moments of each
+      BatchNorm set of ``x'`` (no derivative) or ``()``.
+    """
+    inst = moments(x, Reduction(spec.spatial))
+    a, b, batch = _coefficients(spec, inst.count, tuple(inst)[:3], (scale, bias, w_m, w_v, b_v, run_mean, run_var))
+    return x * a + b, _batch_out(batch)
+
+
+@rbn_affine.defjvp
+def _rbn_affine_jvp(spec, primals, tangents):
+    x, *params = primals
+    x_dot, *param_dots = tangents
+    inst = moments(x, Reduction(spec.spatial))
+    n = jnp.maximum(inst.count, 1)
+    # Per-IN-set sums of ẋ, on ẋ's side (view 1): their transposes join the dx pass.
+    g1, x1 = view(x_dot, 1, x), view(x, 1, x)
+    a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
+    b_sum = jnp.sum(unview((x1 - view(inst.shift, 1, x)) * g1, x.shape), spec.spatial, keepdims=True)
+    inst_dot = (jnp.zeros_like(inst.shift), a_sum / n, 2 * (b_sum - inst.mean_shifted * a_sum) / n)
+    coefficients = functools.partial(_coefficients, spec, inst.count)
+    (a, b, batch), (a_dot, b_dot, _) = jax.jvp(
+        coefficients, (tuple(inst)[:3], tuple(params)), (inst_dot, tuple(param_dots)))
+    a, b = statistic(a), statistic(b)
+    y = x * a + b
+    t = unview(view(a, 1, x) * g1, x.shape) + x * a_dot + b_dot
+    batch_out = _batch_out(batch)
+    return (y, batch_out), (t, tuple(jnp.zeros_like(t_) for t_ in batch_out))
