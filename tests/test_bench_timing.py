@@ -86,6 +86,23 @@ def test_hlo_traffic_counts_full_size_reads_and_writes():
     assert compiled_traffic(jax.jit(lambda x: jnp.sort(x * 2, axis=0)[0]), x, like=x) >= 3
 
 
+def test_hlo_traffic_counts_only_the_slice_a_fused_kernel_takes_of_an_operand():
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnorm.bench.hlo_traffic import compiled_traffic, kernel_traffic
+
+    x = jnp.ones((64, 256), jnp.float32)
+    s = jnp.ones((64, 1), jnp.float32)
+    # A small kernel combining a per-row statistic with a sample of x (its
+    # first column) reads 64 floats of x, not all of it.
+    f = jax.jit(lambda x, s: jnp.exp(s) * x[:, :1] + 1)
+    text = f.lower(x, s).compile().as_text()
+    assert " slice(" in text  # the sample is taken inside a fused kernel
+    assert compiled_traffic(f, x, s, like=x) == 0
+    assert sum(r for _, _, r, _ in kernel_traffic(text, 1)) < x.nbytes // 8
+
+
 def test_hlo_traffic_counts_the_cheapest_branch_of_a_conditional():
     import jax
     import jax.numpy as jnp

@@ -9,10 +9,10 @@ Bitcasts, tuples and parameters move nothing. A ``conditional`` counts its
 cheapest branch (for jaxnorm's statistics, the one that runs on
 well-conditioned inputs).
 
-It is an estimate: a kernel that re-reads an operand from cache, XLA:CPU
-running a fused reduction and its consumer in two sweeps, or a kernel that
-reads only a slice of an operand (counted whole) moves more or less than
-counted. Comparing two programs' counts says whether one can be much
+A fused kernel that only slices an operand (a per-set sample taken from
+``x``) counts the slices' bytes, not the operand's. It is an estimate: a
+kernel that re-reads an operand from cache, or XLA:CPU running a fused
+reduction and its consumer in two sweeps, moves more or less than counted. Comparing two programs' counts says whether one can be much
 faster than the other at the same bytes per second.
 """
 
@@ -54,6 +54,26 @@ def _computations(text: str) -> dict[str, list[str]]:
     return comps
 
 
+def _sliced_reads(lines: list[str]) -> dict[int, int]:
+    """Parameter index -> bytes read, for a fused computation's parameters that it only slices."""
+    params, uses = {}, {}
+    for line in lines:
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        result, shape, op, operands, _ = match.groups()
+        if op == "parameter":
+            params[result] = int(operands)
+            continue
+        for operand in re.findall(r"%([\w.\-]+)", operands):
+            uses.setdefault(operand, []).append((op, _nbytes(shape)))
+    return {
+        index: sum(n for _, n in uses[param])
+        for param, index in params.items()
+        if uses.get(param) and all(op in ("slice", "dynamic-slice") for op, _ in uses[param])
+    }
+
+
 def _kernels(comps, name: str, min_bytes: int) -> list[tuple[str, str, int, int]]:
     """``(kernel, result shape, bytes read, bytes written)`` of each kernel of computation ``name``."""
     sizes: dict[str, int] = {}
@@ -72,7 +92,11 @@ def _kernels(comps, name: str, min_bytes: int) -> list[tuple[str, str, int, int]
                            key=lambda ks: sum(r + w for _, _, r, w in ks))
             rows += cheapest
             continue
-        read = sum(sizes[a] for a in re.findall(r"%([\w.\-]+)", operands) if sizes.get(a, 0) >= min_bytes)
+        names = re.findall(r"%([\w.\-]+)", operands)
+        callee = re.search(r"calls=%([\w.\-]+)", rest) if op == "fusion" else None
+        sliced = _sliced_reads(comps.get(callee.group(1), [])) if callee else {}
+        read = sum(sliced.get(i, sizes[a]) for i, a in enumerate(names)
+                   if sizes.get(a, 0) >= min_bytes and sliced.get(i, sizes[a]) >= min_bytes)
         written = sizes[result] if sizes[result] >= min_bytes else 0
         rows.append((result, shape, read, written))
     return rows
