@@ -124,15 +124,15 @@ def representative_batch_norm(
         # so it is 0 there.
         if axis_name is None:
             offset = lax.stop_gradient(s.reduction.first(xc))
-            xs, moved = xc - offset, (1 + w_m) * offset
+            moved = (1 + w_m) * offset
         else:
-            xs, moved = xc, None
+            offset, moved = jnp.zeros((), dtype), None
         run_mean = run_var = None
         if not training:
             run_mean = s.channel_shaped(s.stats.mean.astype(dtype))
             run_mean = run_mean if moved is None else run_mean - moved
             run_var = s.channel_shaped(s.stats.var.astype(dtype))
-        y, batch = rbn_affine(spec, xs, scale, bias, w_m, w_v, b_v, run_mean, run_var)
+        y, batch = rbn_affine(spec, xc, offset, scale, bias, w_m, w_v, b_v, run_mean, run_var)
         new = s.stats
         if training:
             mo = Moments(*batch)

@@ -22,9 +22,10 @@ shift) the IN moments' tangents are ``ṁ = Σẋ/n`` and
 coefficient map, and ``ẏ = A·ẋ + Ȧ·x + Ḃ``. It is a ``jax.custom_jvp`` of
 JAX operations, linear in the tangents: JAX transposes it into the
 per-set sums of ``g`` and ``g·x`` and one pass for ``dx`` (reverse mode),
-and forward mode and higher orders keep working. ``x`` enters relative to
-one sample per channel (the caller's offset), so every term is of the
-order of the spread and nothing cancels at large means.
+and forward mode and higher orders keep working. ``A·x + B`` is formed as
+``A·(x − o) + B`` with ``o`` one sample per channel (the caller's offset),
+and ``m``, ``μ_B`` relative to ``o``, so every term is of the order of the
+spread and nothing cancels at large means.
 """
 
 from __future__ import annotations
@@ -92,44 +93,51 @@ def _batch_out(batch):
     return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
 
 
+def _relative_moments(x, offset, spatial):
+    """The IN moments of ``x − offset``: ``(shift, mean_shifted, var)`` and the count."""
+    inst = moments(x, Reduction(spatial))
+    return (inst.shift - offset, inst.mean_shifted, inst.var), inst
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def rbn_affine(spec: RBNSpec, x, scale, bias, w_m, w_v, b_v, run_mean, run_var):
-    """Representative BatchNorm of ``x`` and the batch moments of ``x'`` (training; ``()`` in inference).
+def rbn_affine(spec: RBNSpec, x, offset, scale, bias, w_m, w_v, b_v, run_mean, run_var):
+    """Representative BatchNorm of ``x`` and the batch moments of ``x' − (1 + w_m)·offset`` (training).
 
     Args:
       spec: static settings.
-      x: input in the compute dtype, relative to a per-channel offset.
+      x: input in the compute dtype.
+      offset: one sample per channel (keepdims shape; no derivative), or 0.
       scale, bias: None or arrays broadcastable to ``x`` (per channel or per
         example and channel).
       w_m, w_v, b_v: the calibration weights, shaped to broadcast per channel.
-      run_mean, run_var: the running statistics of ``x'`` relative to the
-        same offset, shaped per channel (inference), or None (training).
+      run_mean, run_var: the running statistics, the mean less
+        ``(1 + w_m)·offset``, shaped per channel (inference), or None
+        (training).
 
     Returns:
       ``(y, batch)``: the output and, in training, the moments of each
-      BatchNorm set of ``x'`` (no derivative) or ``()``.
+      BatchNorm set of ``x' − (1 + w_m)·offset`` (no derivative) or ``()``.
     """
-    inst = moments(x, Reduction(spec.spatial))
-    a, b, batch = _coefficients(spec, inst.count, tuple(inst)[:3], (scale, bias, w_m, w_v, b_v, run_mean, run_var))
-    return x * a + b, _batch_out(batch)
+    rel, inst = _relative_moments(x, offset, spec.spatial)
+    a, b, batch = _coefficients(spec, inst.count, rel, (scale, bias, w_m, w_v, b_v, run_mean, run_var))
+    return (x - offset) * a + b, _batch_out(batch)
 
 
 @rbn_affine.defjvp
 def _rbn_affine_jvp(spec, primals, tangents):
-    x, *params = primals
-    x_dot, *param_dots = tangents
-    inst = moments(x, Reduction(spec.spatial))
+    x, offset, *params = primals
+    x_dot, _, *param_dots = tangents
+    rel, inst = _relative_moments(x, offset, spec.spatial)
     n = jnp.maximum(inst.count, 1)
     # Per-IN-set sums of ẋ, on ẋ's side (view 1): their transposes join the dx pass.
     g1, x1 = view(x_dot, 1, x), view(x, 1, x)
     a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
     b_sum = jnp.sum(unview((x1 - view(inst.shift, 1, x)) * g1, x.shape), spec.spatial, keepdims=True)
-    inst_dot = (jnp.zeros_like(inst.shift), a_sum / n, 2 * (b_sum - inst.mean_shifted * a_sum) / n)
+    rel_dot = (jnp.zeros_like(rel[0]), a_sum / n, 2 * (b_sum - inst.mean_shifted * a_sum) / n)
     coefficients = functools.partial(_coefficients, spec, inst.count)
-    (a, b, batch), (a_dot, b_dot, _) = jax.jvp(
-        coefficients, (tuple(inst)[:3], tuple(params)), (inst_dot, tuple(param_dots)))
+    (a, b, batch), (a_dot, b_dot, _) = jax.jvp(coefficients, (rel, tuple(params)), (rel_dot, tuple(param_dots)))
     a, b = statistic(a), statistic(b)
-    y = x * a + b
-    t = unview(view(a, 1, x) * g1, x.shape) + x * a_dot + b_dot
+    y = (x - offset) * a + b
+    t = unview(view(a, 1, x) * g1, x.shape) + (x - offset) * a_dot + b_dot
     batch_out = _batch_out(batch)
     return (y, batch_out), (t, tuple(jnp.zeros_like(t_) for t_ in batch_out))
