@@ -101,6 +101,11 @@ def test_hlo_traffic_counts_only_the_slice_a_fused_kernel_takes_of_an_operand():
     assert " slice(" in text  # the sample is taken inside a fused kernel
     assert compiled_traffic(f, x, s, like=x) == 0
     assert sum(r for _, _, r, _ in kernel_traffic(text, 1)) < x.nbytes // 8
+    # Overlapping slices of one operand count it once: a window sum over a
+    # padded x pads (read x, write the pad) and sums (read the pad and x,
+    # write): 5x, not the 9x of five whole reads of the pad.
+    window = jax.jit(lambda x: sum(jnp.pad(x, ((0, 0), (2, 2)))[:, j:j + 256] for j in range(5)))
+    assert compiled_traffic(window, x, like=x) == pytest.approx(5, rel=0.02)
 
 
 def test_hlo_traffic_counts_the_cheapest_branch_of_a_conditional():

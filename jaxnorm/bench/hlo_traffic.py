@@ -10,7 +10,7 @@ cheapest branch (for jaxnorm's statistics, the one that runs on
 well-conditioned inputs).
 
 A fused kernel that only slices an operand (a per-set sample taken from
-``x``) counts the slices' bytes, not the operand's. It is an estimate: a
+``x``) counts the slices' bytes, up to the operand's. It is an estimate: a
 kernel that re-reads an operand from cache, or XLA:CPU running a fused
 reduction and its consumer in two sweeps, moves more or less than counted. Comparing two programs' counts says whether one can be much
 faster than the other at the same bytes per second.
@@ -95,8 +95,9 @@ def _kernels(comps, name: str, min_bytes: int) -> list[tuple[str, str, int, int]
         names = re.findall(r"%([\w.\-]+)", operands)
         callee = re.search(r"calls=%([\w.\-]+)", rest) if op == "fusion" else None
         sliced = _sliced_reads(comps.get(callee.group(1), [])) if callee else {}
-        read = sum(sliced.get(i, sizes[a]) for i, a in enumerate(names)
-                   if sizes.get(a, 0) >= min_bytes and sliced.get(i, sizes[a]) >= min_bytes)
+        # Overlapping slices of one operand (a window sum) read it once.
+        reads = [min(sliced.get(i, sizes.get(a, 0)), sizes.get(a, 0)) for i, a in enumerate(names)]
+        read = sum(n for n in reads if n >= min_bytes)
         written = sizes[result] if sizes[result] >= min_bytes else 0
         rows.append((result, shape, read, written))
     return rows
