@@ -22,6 +22,10 @@ the weight JAX's ``max`` gives each side (1, 0, or 1/2 on ties)::
 It is a ``jax.custom_jvp`` made of JAX operations, linear in the tangents:
 JAX transposes it for reverse mode (per-IN-set sums of the cotangent, then
 one pass for ``dx``), and forward mode and higher orders keep working.
+Each term whose transpose is a reduction is formed in its own view
+(:mod:`jaxnorm._views`) and ``w`` comes from ``sign(L − R)``, which XLA:CPU
+fuses into a reduction (a ``select`` it would store), so every reduction
+recomputes ``1/D`` and ``w`` from ``x``.
 """
 
 from __future__ import annotations
@@ -136,21 +140,29 @@ def _b0_divide_jvp(spec, primals, tangents):
         """``(x, 1/D, w_L, w_R)`` in view ``k``."""
         xk = view(x, k, x)
         left_k, right_k = view(left, k, x), view(slope, k, x) * xk + view(root, k, x)
-        w_left = jnp.where(left_k > right_k, 1.0, jnp.where(left_k == right_k, 0.5, 0.0)).astype(x.dtype)
+        # 1, 1/2 or 0 as sign(L − R) is 1, 0 or −1: XLA:CPU fuses sign into
+        # its reductions, where it would store a select.
+        w_left = 0.5 * (1 + jnp.sign(left_k - right_k))
         return xk, 1 / jnp.maximum(left_k, right_k), w_left, 1 - w_left
 
     # dx side (view 1): γ/D·ẋ − γ·x·w_R·v/D²·ẋ
     x1, inv1, _, w_right1 = sides(1)
     gamma1, slope1 = view(gamma, 1, x), view(slope, 1, x)
     t = unview((gamma1 * inv1 - gamma1 * x1 * w_right1 * slope1 * inv1 * inv1) * g1, x.shape)
-    # output side (view 0): the statistics' terms, and the parameters'.
-    # (Each in a view of its own measured worse: XLA:CPU then stores the
-    # max's selection once per reduction.)
-    x0, inv0, w_left0, w_right0 = sides(0)
-    q = -gamma * x0 * inv0 * inv0
-    t = t + q * (w_left0 * (half_batch / left) + w_right0 * (half_in / root + slope_dot * x0))
+    # Output side: each term whose transpose is a reduction in a view of its
+    # own, so that each reduction recomputes 1/D and the side weights from x
+    # (shared, XLA:CPU would store them).
+    def term(k, side, coefficient, times_x=False):
+        """``−γ·x·w/D²·coefficient`` (times ``x`` again if asked) in view ``k``, ``w`` the side's weight."""
+        xk, inv, w_left, w_right = sides(k)
+        w = w_left if side == "left" else w_right * xk if times_x else w_right
+        return unview(-view(gamma, k, x) * xk * inv * inv * w * view(coefficient, k, x), x.shape)
+
+    t = t + term(0, "left", half_batch / left) + term(2, "right", half_in / root)
+    t = t + term(3, "right", slope_dot, times_x=True)
     if scale is not None:
-        t = t + scale_dot * x0 * inv0
+        x4, inv4, _, _ = sides(4)
+        t = t + unview(view(scale_dot, 4, x) * x4 * inv4, x.shape)
     if bias is not None:
         t = t + bias_dot
     return (y, batch_out), (t, tuple(jnp.zeros_like(b) for b in batch_out))
