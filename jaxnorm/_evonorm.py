@@ -10,9 +10,10 @@ from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._channel_setup import channel_setup
-from jaxnorm._evonorm_b0_core import B0Spec, b0_divide
+from jaxnorm._evonorm_b0_core import b0_divide
 from jaxnorm._evonorm_s0_core import s0_gate
 from jaxnorm._params import apply_affine
+from jaxnorm._pooled import pooled_spec
 from jaxnorm._remat import keep_statistics
 from jaxnorm._stats import Moments, compute_dtype
 
@@ -126,9 +127,7 @@ def evonorm_b0(
     )
     slope, _ = check.check_param(fn, "v", v, {"per channel": (s.channels,)}, s.shape)
     slope = 1 if slope is None else s.channel_shaped(slope)
-    spatial = example_axes(fn, s, batch_axis, channel_axis)
-    rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
-    spec = B0Spec(spatial, rest, s.epsilon, training, axis_name, axis_index_groups)
+    spec = pooled_spec(s, example_axes(fn, s, batch_axis, channel_axis), training)
 
     def b0(x, scale, bias, slope):
         xc = x.astype(compute_dtype(x.dtype))

@@ -30,48 +30,23 @@ recomputes ``1/D`` and ``w`` from ``x``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnorm._pooled import PooledSpec
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Reduction, moments, pool_sets
+from jaxnorm._stats import moments, pool_sets
 from jaxnorm._views import unview, view
 
-__all__ = ["B0Spec", "b0_divide"]
+__all__ = ["b0_divide"]
 
 
-@dataclasses.dataclass(frozen=True)
-class B0Spec:
-    """Static settings of :func:`b0_divide`.
-
-    Attributes:
-      spatial: the axes of one InstanceNorm set.
-      batch_axes: the axes IN sets are pooled over into BN sets (the batch
-        axis, or none for a single example).
-      epsilon: added to both variances.
-      training: BN variance from the batch (True) or the running one.
-      axis_name, axis_index_groups: BN sets extend across this named axis.
-    """
-
-    spatial: tuple[int, ...]
-    batch_axes: tuple[int, ...]
-    epsilon: float
-    training: bool
-    axis_name: object = None
-    axis_index_groups: tuple | None = None
-
-    def batch(self) -> Reduction:
-        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
-        return Reduction(self.batch_axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
-
-
-def _statistics(spec: B0Spec, x, run_var):
+def _statistics(spec: PooledSpec, x, run_var):
     """IN moments, the batch moments pooled from them (training), ``L`` and ``sqrt(σ²_I + ε)``."""
-    inst = moments(x, Reduction(spec.spatial))
+    inst = moments(x, spec.instance())
     batch = None
     if spec.training:
         batch = pool_sets(inst, spec.batch())
@@ -88,7 +63,7 @@ def _batch_out(batch):
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def b0_divide(spec: B0Spec, x, scale, bias, slope, run_var):
+def b0_divide(spec: PooledSpec, x, scale, bias, slope, run_var):
     """``x / max(L, R) · scale + bias`` and the batch moments (training; ``()`` in inference).
 
     Args:

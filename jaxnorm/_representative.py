@@ -13,7 +13,8 @@ from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._remat import keep_statistics
-from jaxnorm._representative_core import RBNSpec, rbn_affine
+from jaxnorm._pooled import pooled_spec
+from jaxnorm._representative_core import rbn_affine
 from jaxnorm._stats import Moments, compute_dtype
 
 __all__ = ["RBNCalibration", "representative_batch_norm"]
@@ -111,9 +112,7 @@ def representative_batch_norm(
         s.channel_shaped(v.check_param(fn, name, p, allowed, s.shape)[0])
         for name, p in (("center_weight", center_weight), ("scale_weight", scale_weight), ("scale_bias", scale_bias))
     )
-    spatial = example_axes(fn, s, batch_axis, channel_axis)
-    rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
-    spec = RBNSpec(spatial, rest, s.epsilon, training, axis_name, axis_index_groups)
+    spec = pooled_spec(s, example_axes(fn, s, batch_axis, channel_axis), training)
 
     def rbn(x, scale, bias, w_m, w_v, b_v):
         dtype = compute_dtype(x.dtype)

@@ -30,45 +30,21 @@ spread and nothing cancels at large means.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnorm._pooled import PooledSpec
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Moments, Reduction, moments, pool_sets
+from jaxnorm._stats import Moments, moments, pool_sets
 from jaxnorm._views import unview, view
 
-__all__ = ["RBNSpec", "rbn_affine"]
+__all__ = ["rbn_affine"]
 
 
-@dataclasses.dataclass(frozen=True)
-class RBNSpec:
-    """Static settings of :func:`rbn_affine`.
-
-    Attributes:
-      spatial: the axes of one InstanceNorm set (``K``'s axes).
-      batch_axes: the axes IN sets are pooled over into BatchNorm sets.
-      epsilon: added to the batch variance.
-      training: batch statistics (True) or the running ones.
-      axis_name, axis_index_groups: BN sets extend across this named axis.
-    """
-
-    spatial: tuple[int, ...]
-    batch_axes: tuple[int, ...]
-    epsilon: float
-    training: bool
-    axis_name: object = None
-    axis_index_groups: tuple | None = None
-
-    def batch(self) -> Reduction:
-        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
-        return Reduction(self.batch_axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
-
-
-def _coefficients(spec: RBNSpec, count, inst, params):
+def _coefficients(spec: PooledSpec, count, inst, params):
     """``(A, B)`` and the batch moments of ``x'`` from the IN moments ``inst = (shift, mean_shifted, var)``."""
     shift, mean_shifted, var = inst
     scale, bias, w_m, w_v, b_v, run_mean, run_var = params
@@ -93,14 +69,14 @@ def _batch_out(batch):
     return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
 
 
-def _relative_moments(x, offset, spatial):
-    """The IN moments of ``x − offset``: ``(shift, mean_shifted, var)`` and the count."""
-    inst = moments(x, Reduction(spatial))
+def _relative_moments(x, offset, spec: PooledSpec):
+    """The IN moments of ``x − offset`` as ``(shift, mean_shifted, var)``, and those of ``x``."""
+    inst = moments(x, spec.instance())
     return (inst.shift - offset, inst.mean_shifted, inst.var), inst
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def rbn_affine(spec: RBNSpec, x, offset, scale, bias, w_m, w_v, b_v, run_mean, run_var):
+def rbn_affine(spec: PooledSpec, x, offset, scale, bias, w_m, w_v, b_v, run_mean, run_var):
     """Representative BatchNorm of ``x`` and the batch moments of ``x' − (1 + w_m)·offset`` (training).
 
     Args:
@@ -118,7 +94,7 @@ def rbn_affine(spec: RBNSpec, x, offset, scale, bias, w_m, w_v, b_v, run_mean, r
       ``(y, batch)``: the output and, in training, the moments of each
       BatchNorm set of ``x' − (1 + w_m)·offset`` (no derivative) or ``()``.
     """
-    rel, inst = _relative_moments(x, offset, spec.spatial)
+    rel, inst = _relative_moments(x, offset, spec)
     a, b, batch = _coefficients(spec, inst.count, rel, (scale, bias, w_m, w_v, b_v, run_mean, run_var))
     return (x - offset) * a + b, _batch_out(batch)
 
@@ -127,7 +103,7 @@ def rbn_affine(spec: RBNSpec, x, offset, scale, bias, w_m, w_v, b_v, run_mean, r
 def _rbn_affine_jvp(spec, primals, tangents):
     x, offset, *params = primals
     x_dot, _, *param_dots = tangents
-    rel, inst = _relative_moments(x, offset, spec.spatial)
+    rel, inst = _relative_moments(x, offset, spec)
     n = jnp.maximum(inst.count, 1)
     # Per-IN-set sums of ẋ, on ẋ's side (view 1): their transposes join the dx pass.
     g1, x1 = view(x_dot, 1, x), view(x, 1, x)

@@ -1,0 +1,44 @@
+"""The sets of a scheme that pools InstanceNorm moments into BatchNorm ones."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxnorm._batch_setup import BatchSetup
+from jaxnorm._stats import Reduction
+
+__all__ = ["PooledSpec", "pooled_spec"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PooledSpec:
+    """Static settings of a closed-form core built on InstanceNorm moments (EvoNorm-B0, RBN).
+
+    Attributes:
+      spatial: the axes of one InstanceNorm set (one example's channel).
+      batch_axes: the axes IN sets are pooled over into BatchNorm sets.
+      epsilon: added to the variances.
+      training: batch statistics (True) or the running ones.
+      axis_name, axis_index_groups: BN sets extend across this named axis.
+    """
+
+    spatial: tuple[int, ...]
+    batch_axes: tuple[int, ...]
+    epsilon: float
+    training: bool
+    axis_name: object = None
+    axis_index_groups: tuple | None = None
+
+    def instance(self) -> Reduction:
+        """The InstanceNorm sets."""
+        return Reduction(self.spatial)
+
+    def batch(self) -> Reduction:
+        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
+        return Reduction(self.batch_axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
+
+
+def pooled_spec(s: BatchSetup, spatial: tuple[int, ...], training: bool) -> PooledSpec:
+    """The :class:`PooledSpec` of a validated call whose IN sets span ``spatial``."""
+    rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
+    return PooledSpec(spatial, rest, s.epsilon, training, s.reduction.axis_name, s.reduction.axis_index_groups)
