@@ -34,11 +34,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxnorm._pooled import PooledSpec
+from jaxnorm._pooled import PooledSpec, frozen
 from jaxnorm._remat import statistic
-from jaxnorm._stats import moments, pool_sets
+from jaxnorm._stats import moments, pool_sets, tangent_sums
 from jaxnorm._views import unview, view
 
 __all__ = ["b0_divide"]
@@ -56,10 +55,6 @@ def _statistics(spec: PooledSpec, x, run_var):
     root = statistic(jnp.sqrt(inst.var + spec.epsilon))
     return inst, batch, statistic(left), root
 
-
-def _batch_out(batch):
-    """The batch moments as outputs without derivative (``()`` in inference)."""
-    return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -83,7 +78,7 @@ def b0_divide(spec: PooledSpec, x, scale, bias, slope, run_var):
         y = y * scale
     if bias is not None:
         y = y + bias
-    return y, _batch_out(batch)
+    return y, frozen(batch)
 
 
 @b0_divide.defjvp
@@ -94,15 +89,11 @@ def _b0_divide_jvp(spec, primals, tangents):
     y = x / jnp.maximum(left, slope * x + root)
     y = y if scale is None else y * scale
     y = y if bias is None else y + bias
-    batch_out = _batch_out(batch)
+    batch_out = frozen(batch)
     gamma = 1 if scale is None else scale
 
-    # Per-IN-set sums of the tangent, ẋ's side in view 1 (its transpose is
-    # the dx pass), as in jaxnorm._normalize.
-    g1 = view(x_dot, 1, x)
-    x1 = view(x, 1, x)
-    a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
-    b_sum = jnp.sum(unview((x1 - view(inst.shift, 1, x)) * g1, x.shape), spec.spatial, keepdims=True)
+    # Per-IN-set sums of the tangent (their transposes join the dx pass).
+    a_sum, b_sum = tangent_sums(x, x_dot, inst.shift, spec.instance())
     safe = jnp.maximum(inst.count, 1)
     half_in = (b_sum - inst.mean_shifted * a_sum) / safe
     if spec.training:
@@ -121,6 +112,7 @@ def _b0_divide_jvp(spec, primals, tangents):
         return xk, 1 / jnp.maximum(left_k, right_k), w_left, 1 - w_left
 
     # dx side (view 1): γ/D·ẋ − γ·x·w_R·v/D²·ẋ
+    g1 = view(x_dot, 1, x)
     x1, inv1, _, w_right1 = sides(1)
     gamma1, slope1 = view(gamma, 1, x), view(slope, 1, x)
     t = unview((gamma1 * inv1 - gamma1 * x1 * w_right1 * slope1 * inv1 * inv1) * g1, x.shape)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Reduction, moments
+from jaxnorm._stats import Reduction, moments, tangent_sums
 from jaxnorm._views import unview, view
 
 __all__ = ["s0_gate"]
@@ -72,7 +72,7 @@ def _s0_gate_jvp(reduction, epsilon, primals, tangents):
     # ẋ's side in view 1: the per-set sums and the elementwise term (whose
     # transposes are the cotangent's sums and the dx pass).
     g1, x1 = view(x_dot, 1, x), view(x, 1, x)
-    a_sum, b_sum = reduction.sum(unview(g1, x.shape), unview((x1 - view(mo.shift, 1, x)) * g1, x.shape))
+    a_sum, b_sum = tangent_sums(x, x_dot, mo.shift, reduction)
     r_dot = -(r * r * r) * (b_sum - mo.mean_shifted * a_sum) / jnp.maximum(mo.count, 1)
     slope1 = view(slope, 1, x)
     gate1 = jax.nn.sigmoid(slope1 * x1)

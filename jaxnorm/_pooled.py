@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax import lax
+
 from jaxnorm._batch_setup import BatchSetup
 from jaxnorm._stats import Reduction
 
-__all__ = ["PooledSpec", "pooled_spec"]
+__all__ = ["PooledSpec", "frozen", "pooled_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,3 +44,8 @@ def pooled_spec(s: BatchSetup, spatial: tuple[int, ...], training: bool) -> Pool
     """The :class:`PooledSpec` of a validated call whose IN sets span ``spatial``."""
     rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
     return PooledSpec(spatial, rest, s.epsilon, training, s.reduction.axis_name, s.reduction.axis_index_groups)
+
+
+def frozen(batch) -> tuple:
+    """Batch moments as outputs without derivative (for the running statistics); ``()`` for None."""
+    return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)

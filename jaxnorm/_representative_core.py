@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._pooled import PooledSpec
+from jaxnorm._pooled import PooledSpec, frozen
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Moments, moments, pool_sets
+from jaxnorm._stats import Moments, moments, pool_sets, tangent_sums
 from jaxnorm._views import unview, view
 
 __all__ = ["rbn_affine"]
@@ -63,10 +63,6 @@ def _coefficients(spec: PooledSpec, count, inst, params):
         b = b + bias
     return a, b, batch
 
-
-def _batch_out(batch):
-    """The batch moments as outputs without derivative (``()`` in inference)."""
-    return () if batch is None else tuple(lax.stop_gradient(t) for t in batch)
 
 
 def _relative_moments(x, offset, spec: PooledSpec):
@@ -96,7 +92,7 @@ def rbn_affine(spec: PooledSpec, x, offset, scale, bias, w_m, w_v, b_v, run_mean
     """
     rel, inst = _relative_moments(x, offset, spec)
     a, b, batch = _coefficients(spec, inst.count, rel, (scale, bias, w_m, w_v, b_v, run_mean, run_var))
-    return (x - offset) * a + b, _batch_out(batch)
+    return (x - offset) * a + b, frozen(batch)
 
 
 @rbn_affine.defjvp
@@ -105,15 +101,12 @@ def _rbn_affine_jvp(spec, primals, tangents):
     x_dot, _, *param_dots = tangents
     rel, inst = _relative_moments(x, offset, spec)
     n = jnp.maximum(inst.count, 1)
-    # Per-IN-set sums of ẋ, on ẋ's side (view 1): their transposes join the dx pass.
-    g1, x1 = view(x_dot, 1, x), view(x, 1, x)
-    a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
-    b_sum = jnp.sum(unview((x1 - view(inst.shift, 1, x)) * g1, x.shape), spec.spatial, keepdims=True)
+    a_sum, b_sum = tangent_sums(x, x_dot, inst.shift, spec.instance())
     rel_dot = (jnp.zeros_like(rel[0]), a_sum / n, 2 * (b_sum - inst.mean_shifted * a_sum) / n)
     coefficients = functools.partial(_coefficients, spec, inst.count)
     (a, b, batch), (a_dot, b_dot, _) = jax.jvp(coefficients, (rel, tuple(params)), (rel_dot, tuple(param_dots)))
     a, b = statistic(a), statistic(b)
     y = (x - offset) * a + b
-    t = unview(view(a, 1, x) * g1, x.shape) + (x - offset) * a_dot + b_dot
-    batch_out = _batch_out(batch)
+    t = unview(view(a, 1, x) * view(x_dot, 1, x), x.shape) + (x - offset) * a_dot + b_dot
+    batch_out = frozen(batch)
     return (y, batch_out), (t, tuple(jnp.zeros_like(t_) for t_ in batch_out))

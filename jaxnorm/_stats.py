@@ -72,7 +72,7 @@ from jaxnorm._views import unview, view
 
 __all__ = [
     "Moments", "Reduction", "compute_dtype", "moments", "pool_moments", "pool_sets",
-    "shifted_default", "unshifted_statistics",
+    "shifted_default", "tangent_sums", "unshifted_statistics",
 ]
 
 _SHIFTED = contextvars.ContextVar("jaxnorm_shifted_statistics", default=True)
@@ -382,6 +382,21 @@ def _combine_members(local: Moments, reduction: Reduction) -> Moments:
     ref = jnp.argmax(n_i, axis=0)[None]
     s_ref = jnp.take_along_axis(s_i, ref, axis=0)
     return _chan(n_i, s_i, m_i, m2_i, s_ref, (0,), keepdims=False)
+
+
+def tangent_sums(x: jax.Array, x_dot: jax.Array, shift: jax.Array, reduction: Reduction):
+    """``A = Σ ẋ`` and ``B = Σ (x − shift)·ẋ`` over each set of ``reduction``.
+
+    The moments' tangents follow: ``μ̇ = A/n`` and ``σ̇²/2 = (B − (μ − shift)·A)/n``,
+    exact at large means. Both sums are formed on ẋ's side, in view 1
+    (:mod:`jaxnorm._views`), so that in reverse mode their transposes join
+    the ``dx`` pass rather than have XLA store ``x − shift``. For the
+    closed-form derivatives built on a set's moments (EvoNorm, RBN,
+    SwitchNorm).
+    """
+    g1 = view(x_dot, 1, x)
+    centred1 = view(x, 1, x) - view(shift, 1, x)
+    return reduction.sum(unview(g1, x.shape), unview(centred1 * g1, x.shape))
 
 
 def pool_sets(mo: Moments, reduction: Reduction) -> Moments:

@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnorm._pooled import frozen
 from jaxnorm._remat import statistic
-from jaxnorm._stats import Moments, Reduction, moments, pool_sets
+from jaxnorm._stats import Moments, Reduction, moments, pool_sets, tangent_sums
 from jaxnorm._views import unview, view
 
 __all__ = ["MixSpec", "switch_normalize"]
@@ -135,7 +136,7 @@ def switch_normalize(spec: MixSpec, x, scale, bias, w_mean, w_var, run_mean, run
     """
     src = _sources(spec, x, run_mean, run_var)
     y = _output(spec, x, scale, bias, w_mean, w_var, src)
-    return y, _batch_out(src)
+    return y, frozen(src.batch)
 
 
 def _output(spec, x, scale, bias, w_mean, w_var, src):
@@ -146,10 +147,6 @@ def _output(spec, x, scale, bias, w_mean, w_var, src):
     y = ((x - src.shift) - offset) * a
     return y if bias is None else y + bias
 
-
-def _batch_out(src):
-    """The batch moments as outputs without derivative (``()`` in inference)."""
-    return () if src.batch is None else tuple(lax.stop_gradient(t) for t in src.batch)
 
 
 @switch_normalize.defjvp
@@ -164,9 +161,7 @@ def _switch_normalize_jvp(spec, primals, tangents):
     # ẋ's side in view 1 (its transpose is the dx pass), the output's side in
     # view 0 (its transpose is the per-IN-set sums), as in jaxnorm._normalize.
     g1 = view(x_dot, 1, x)
-    centred1 = view(x, 1, x) - view(src.shift, 1, x)
-    a_sum = jnp.sum(unview(g1, x.shape), spec.spatial, keepdims=True)
-    b_sum = jnp.sum(unview(centred1 * g1, x.shape), spec.spatial, keepdims=True)
+    a_sum, b_sum = tangent_sums(x, x_dot, src.shift, Reduction(spec.spatial))
     mean_dot, half_var_dot = [], []
     for k, pool in enumerate(src.pools):
         if pool is None:  # the running statistics
@@ -189,5 +184,5 @@ def _switch_normalize_jvp(spec, primals, tangents):
         v = v + bias_dot
     centred0 = (x - src.shift) - offset
     t = centred0 * u + v + unview(view(a, 1, x) * g1, x.shape)
-    batch = _batch_out(src)
+    batch = frozen(src.batch)
     return (y, batch), (t, tuple(jnp.zeros_like(b) for b in batch))

@@ -1,4 +1,4 @@
-"""pool_moments (jaxnorm._stats): merging per-set moments exactly into larger sets."""
+"""pool_moments and tangent_sums (jaxnorm._stats): merging per-set moments exactly, and their tangents."""
 
 import jax
 import jax.numpy as jnp
@@ -43,3 +43,19 @@ def test_gradients_flow_through_pooled_moments():
     g = jax.grad(f)(x)
     ref = jax.grad(lambda x: jnp.sum(jnp.var(x, axis=(1, 2))))(x)
     np.testing.assert_allclose(g, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_tangent_sums_are_the_moments_tangents_ingredients():
+    # μ̇ = A/n and σ̇²/2 = (B − (μ − s)·A)/n against jax.jvp of the float64 moments.
+    from jaxnorm._stats import tangent_sums
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((3, 5, 4)) + 50, jnp.float64)
+    t = jnp.asarray(rng.standard_normal(x.shape), jnp.float64)
+    red = Reduction((1,))
+    mo = moments(x, red)
+    a, b = tangent_sums(x, t, mo.shift, red)
+    (mean, var), (mean_dot, var_dot) = jax.jvp(
+        lambda x: (jnp.mean(x, 1, keepdims=True), jnp.var(x, 1, keepdims=True)), (x,), (t,))
+    np.testing.assert_allclose(a / 5, mean_dot, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose((b - (mean - mo.shift) * a) / 5, var_dot / 2, rtol=1e-10, atol=1e-12)
