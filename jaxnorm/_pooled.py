@@ -40,10 +40,10 @@ class PooledSpec:
         return Reduction(self.batch_axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
 
 
-def pooled_spec(s: BatchSetup, spatial: tuple[int, ...], training: bool) -> PooledSpec:
-    """The :class:`PooledSpec` of a validated call whose IN sets span ``spatial``."""
+def pooled_spec(s: BatchSetup, spatial: tuple[int, ...], training: bool, cls=PooledSpec, **extra) -> PooledSpec:
+    """The :class:`PooledSpec` (or subclass ``cls``, with its ``extra`` fields) of a validated call whose IN sets span ``spatial``."""
     rest = tuple(a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis)
-    return PooledSpec(spatial, rest, s.epsilon, training, s.reduction.axis_name, s.reduction.axis_index_groups)
+    return cls(spatial, rest, s.epsilon, training, s.reduction.axis_name, s.reduction.axis_index_groups, **extra)
 
 
 def frozen(batch) -> tuple:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._pooled import frozen
+from jaxnorm._pooled import PooledSpec, frozen
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Moments, Reduction, moments, pool_sets, tangent_sums
 from jaxnorm._views import unview, view
@@ -43,34 +43,18 @@ __all__ = ["MixSpec", "switch_normalize"]
 
 
 @dataclasses.dataclass(frozen=True)
-class MixSpec:
-    """Static settings of :func:`switch_normalize`.
+class MixSpec(PooledSpec):
+    """Static settings of :func:`switch_normalize`: :class:`~jaxnorm._pooled.PooledSpec` and the channel axis.
 
     Attributes:
-      spatial: the axes of one InstanceNorm set.
-      channel_axis: the channel axis.
-      batch_axis: the batch axis, or None for a single example.
-      epsilon: added to the mixed variance.
-      training: BN statistics from the batch (True) or the running ones.
-      axis_name, axis_index_groups: BN sets extend across this named axis.
+      channel_axis: the channel axis (the LN sets pool IN sets over it).
     """
 
-    spatial: tuple[int, ...]
-    channel_axis: int
-    batch_axis: int | None
-    epsilon: float
-    training: bool
-    axis_name: object = None
-    axis_index_groups: tuple | None = None
+    channel_axis: int = -1
 
     def layer(self) -> Reduction:
         """The IN sets of one example, pooled over its channels: the LN sets."""
         return Reduction((self.channel_axis,))
-
-    def batch(self) -> Reduction:
-        """The IN sets of one channel, pooled over the batch and the devices: the BN sets."""
-        axes = () if self.batch_axis is None else (self.batch_axis,)
-        return Reduction(axes, axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
 
 
 @dataclasses.dataclass
@@ -87,7 +71,7 @@ class _Sources:
 
 def _sources(spec: MixSpec, x, run_mean, run_var) -> _Sources:
     """One pass of IN moments, pooled exactly into the LN and (training) BN sources."""
-    inst = moments(x, Reduction(spec.spatial))
+    inst = moments(x, spec.instance())
     layer = pool_sets(inst, spec.layer())
     batch = pool_sets(inst, spec.batch()) if spec.training else None
     shift = inst.shift
@@ -161,7 +145,7 @@ def _switch_normalize_jvp(spec, primals, tangents):
     # ẋ's side in view 1 (its transpose is the dx pass), the output's side in
     # view 0 (its transpose is the per-IN-set sums), as in jaxnorm._normalize.
     g1 = view(x_dot, 1, x)
-    a_sum, b_sum = tangent_sums(x, x_dot, src.shift, Reduction(spec.spatial))
+    a_sum, b_sum = tangent_sums(x, x_dot, src.shift, spec.instance())
     mean_dot, half_var_dot = [], []
     for k, pool in enumerate(src.pools):
         if pool is None:  # the running statistics

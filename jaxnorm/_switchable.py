@@ -9,6 +9,7 @@ from jaxnorm import _validate as v
 from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
+from jaxnorm._pooled import pooled_spec
 from jaxnorm._remat import keep_statistics
 from jaxnorm._stats import Moments, compute_dtype
 from jaxnorm._switch_normalize import MixSpec, switch_normalize
@@ -92,10 +93,8 @@ def switchable_norm(
     )
     w_mean = _mixture(fn, "mean_logits", mean_logits, s.shape)
     w_var = _mixture(fn, "var_logits", var_logits, s.shape)
-    spatial = example_axes(fn, s, batch_axis, channel_axis)
-    rest = [a for a in range(s.x.ndim) if a not in spatial and a != s.channel_axis]
-    spec = MixSpec(spatial, s.channel_axis, rest[0] if rest else None, s.epsilon, training,
-                   axis_name, axis_index_groups)
+    spec = pooled_spec(s, example_axes(fn, s, batch_axis, channel_axis), training, MixSpec,
+                       channel_axis=s.channel_axis)
 
     def mix(x, scale, bias, w_mean, w_var):
         xc = x.astype(compute_dtype(x.dtype))
