@@ -49,8 +49,8 @@ Every term is of the order of the spread, so exactness survives the trip,
 and it costs one collective, not one per moment. Under ``vmap`` the gathered
 statistics are the same for every member, so the combination runs once.
 The same merge pools sets within one array (:func:`pool_moments`): the
-LayerNorm and BatchNorm statistics of Switchable Normalization and
-EvoNorm-B0 come from one pass of InstanceNorm moments.
+LayerNorm and BatchNorm statistics of Switchable Normalization, EvoNorm-B0
+and Representative BatchNorm come from one pass of InstanceNorm moments.
 """
 
 from __future__ import annotations
