@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ from jax import lax
 
 from jaxnorm._remat import STATISTICS, statistic
 from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
-from jaxnorm._views import split_view, unview, view
+from jaxnorm._views import few_sets, split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 
@@ -247,23 +248,55 @@ def _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot):
 
     ``ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[x̂·ẋ]) + x̂·γ̇ + β̇``; its transpose is one
     fusion of per-set sums and ``dx``, and a separate (differently viewed)
-    sum for ``dγ``.
+    sum for ``dγ``. With fewer than 4096 sets on XLA:CPU the per-set factors
+    are applied at full size (:func:`_rstd_inner_spread`) to keep that fusion.
     """
     safe_count = jnp.maximum(count, 1)
     xh = xhat(0)
-    if spec.center:
-        sums = spec.reduction.sum(xh * g, g)
-        mean_gx, mean_g = (s / safe_count for s in sums)
-        inner = g - mean_g - xh * mean_gx
+    r = spec.reduction
+    kept = tuple(ax for ax in range(g.ndim) if ax not in r.axes)
+    sets = tuple(g.shape[ax] for ax in kept)
+    if r.group_axis is None and r.axis_name is None and few_sets(math.prod(sets), g):
+        core = _rstd_inner_spread(spec, g, xh, rstd, safe_count, kept, sets)
+        t = core if scale is None else scale * core
     else:
-        inner = g - xh * (spec.reduction.sum(xh * g) / safe_count)
-    t = rstd * inner if scale is None else (rstd * scale) * inner
+        if spec.center:
+            sums = r.sum(xh * g, g)
+            mean_gx, mean_g = (s / safe_count for s in sums)
+            inner = g - mean_g - xh * mean_gx
+        else:
+            inner = g - xh * (r.sum(xh * g) / safe_count)
+        t = rstd * inner if scale is None else (rstd * scale) * inner
     if scale_dot is not None:
         # Split, not unit axes: this sum runs over the leading axes.
         t = t + unview(xhat("split") * split_view(scale_dot, g), g.shape)
     if bias_dot is not None:
         t = t + bias_dot
     return t
+
+
+def _rstd_inner_spread(spec, g, xh, rstd, safe_count, kept, sets):
+    """``rstd·(ẋ − E[ẋ] − x̂·E[x̂·ẋ])`` with every per-set factor on a full-size operand.
+
+    Written ``rstd·ẋ + (x̂·k)·Σẋx̂ + k·Σẋ`` with ``k = −rstd/n`` spread to
+    full size first, so that in the transpose each per-set sum goes straight
+    to the broadcast that uses it, with no elementwise op on the sums in
+    between. For fewer than 4096 sets XLA:CPU would end its fused kernel at
+    such an op and store ``x̂`` and ``γ·rstd·g`` (:func:`jaxnorm._views.few_sets`);
+    this way the sums and ``dx`` stay one kernel.
+
+    Args:
+      kept: the axes not reduced over; ``sets``: their sizes.
+    """
+    def spread(t):  # per set (keepdims shape) -> full size, without unit axes in between
+        return lax.broadcast_in_dim(jnp.reshape(t, sets), g.shape, kept)
+
+    def summed(t):
+        return lax.broadcast_in_dim(jnp.sum(t, spec.reduction.axes), g.shape, kept)
+
+    k = spread(-rstd / safe_count)
+    out = spread(rstd) * g + (xh * k) * summed(xh * g)
+    return out + k * summed(g) if spec.center else out
 
 
 def _masked_jvp(spec, primals, tangents):

@@ -20,7 +20,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["split_view", "unview", "view"]
+__all__ = ["few_sets", "split_view", "unview", "view"]
+
+# XLA:CPU hands a fused kernel to YNNPACK only where each elementwise op
+# touches at least this many elements (kMinElements in XLA's
+# backends/cpu/ynn_support.cc, jax 0.10).
+YNN_MIN_ELEMENTS = 4096
 
 
 def _enabled(like) -> bool:
@@ -59,6 +64,18 @@ def split_view(t, like):
             parts = (2, n // 2) if size == n else (1, 1)
             return jnp.reshape(t, jnp.shape(t)[:ax] + parts + jnp.shape(t)[ax + 1 :])
     return view(t, 3, like)
+
+
+def few_sets(num_sets: int, like) -> bool:
+    """Whether XLA:CPU would cut a fused kernel at elementwise work on ``num_sets`` per-set values.
+
+    With fewer than :data:`YNN_MIN_ELEMENTS` sets, an op on the per-set sums
+    (``/n``, ``·rstd``) between a reduction and the broadcast that consumes
+    it ends the YNNPACK kernel there, and XLA stores full-size intermediates
+    instead. Callers then apply such factors to full-size operands. False
+    off the CPU and for explicitly sharded ``like``, as for :func:`view`.
+    """
+    return _enabled(like) and num_sets < YNN_MIN_ELEMENTS
 
 
 def unview(t, shape):
