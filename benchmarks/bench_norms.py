@@ -9,7 +9,13 @@ a multiple of the input's bytes. Schemes without a flax.linen counterpart are
 timed alone. Each is also checked against its float64 reference. Writes JSON
 with the machine and versions; runs on any JAX backend (CPU, GPU).
 
-    python benchmarks/bench_norms.py [--repeats 40] [--schemes layer_norm,...] [--mean 1e4] [--out PATH]
+    python benchmarks/bench_norms.py [--repeats 40] [--schemes layer_norm,...] [--mean 1e4]
+                                     [--allocator steady] [--out PATH]
+
+``--allocator steady`` restarts the script under glibc settings that keep
+fresh buffers from page-faulting (:mod:`jaxnorm.bench.allocator`), so that the
+ratios compare the kernels and not the allocator's state; the default run is
+what a user's process gets. Its JSON goes to ``norms_<backend>_steady.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import sys
 import jax
 
 from jaxnorm.bench import default_cases, run_cases
+from jaxnorm.bench.allocator import reexec_steady, steady_in_effect
 from jaxnorm.bench.table import SPEED_COLUMNS, SPEED_LEGEND, format_table, write_json
 
 # CNN activations (N, H, W, C), C from 64 to 1280, for every scheme;
@@ -99,11 +106,17 @@ def main(argv=None) -> int:
     parser.add_argument("--mean", type=float, default=0.0,
                         help="mean of the timed input, unit spread (default 0: activations; "
                         "1e4 times jaxnorm's exact branch for inputs far from zero)")
+    parser.add_argument("--allocator", choices=("default", "steady"), default="default",
+                        help="steady: rerun under glibc settings without page faults on fresh buffers")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/norms_<backend>.json; "
                         "norms_xla_<backend>.json off the CPU)")
     args = parser.parse_args(argv)
+    if args.allocator == "steady" and not steady_in_effect():
+        if argv is not None:
+            parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
+        reexec_steady(sys.argv)
     backend = jax.default_backend()
-    suffix = "" if args.mean == 0 else f"_mean{args.mean:g}"
+    suffix = ("" if args.mean == 0 else f"_mean{args.mean:g}") + ("_steady" if args.allocator == "steady" else "")
     out = args.out or f"benchmarks/results/norms_{'' if backend == 'cpu' else 'xla_'}{backend}{suffix}.json"
     schemes = None if args.schemes is None else set(args.schemes.split(","))
     rows = run_cases(cases(schemes), repeats=args.repeats, memory=True, traffic=True, unshifted=True,

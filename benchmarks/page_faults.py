@@ -5,18 +5,21 @@ Times, under jit and interleaved, ``y = x·2`` on float32 arrays of
 faults per call (:mod:`jaxnorm.bench.faults`). From 32 MiB up, glibc maps
 every output afresh, so every call faults once per page. Run it with
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` to see what transparent huge pages
-change.
+change, and with ``--allocator steady`` (:mod:`jaxnorm.bench.allocator`:
+every buffer from the heap) to see the pass without faults.
 
-    python benchmarks/page_faults.py [--repeats 40]
+    python benchmarks/page_faults.py [--repeats 40] [--allocator steady]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
 
+from jaxnorm.bench.allocator import glibc_tunables, reexec_steady, steady_in_effect
 from jaxnorm.bench.faults import page_faults_per_call
 from jaxnorm.bench.timing import interleaved_medians
 
@@ -26,11 +29,17 @@ ROWS = (512, 1024, 1900, 2047, 2048)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--allocator", choices=("default", "steady"), default="default")
     args = parser.parse_args(argv)
+    if args.allocator == "steady" and not steady_in_effect():
+        if argv is not None:
+            parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
+        reexec_steady(sys.argv)
     double = jax.jit(lambda x: x * 2.0)
     arrays = [jnp.ones((rows, 4096), jnp.float32) for rows in ROWS]
     calls = [lambda x=x: double(x) for x in arrays]
     times = interleaved_medians(calls, repeats=args.repeats)
+    print(f"GLIBC_TUNABLES={glibc_tunables()}")
     print("x*2 on rows x 4096 float32: median ms, GB/s (read + write), minor page faults per call")
     for x, call, t in zip(arrays, calls, times):
         faults = page_faults_per_call(call)

@@ -34,4 +34,7 @@ def machine_info() -> dict:
         "device": devices[0].device_kind,
         "device_count": len(devices),
         "versions": {n: v for n in _PACKAGES if (v := _version(n)) is not None},
+        # glibc's allocator settings: they decide whether fresh buffers page-fault
+        # (jaxnorm.bench.allocator); None is glibc's default.
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
