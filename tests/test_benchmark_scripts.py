@@ -22,9 +22,46 @@ def _script(name):
     ("page_faults", ["--repeats", "2"], ["2048 x 4096", "faults"]),
     ("xla_passes", ["--scheme", "instance_norm", "--shape", "2x4x4x8", "--reps", "2"],
      ["jaxnorm:", "flax.linen:", "kernels that move full-size arrays"]),
+    ("fusion_cost", ["--shapes", "2x3x16", "--repeats", "2"],
+     ["layer_norm 2x3x16", "rms_norm 2x3x16", "fused/sep", "floor/flax"]),
 ])
 def test_script_runs_and_prints_its_figures(name, argv, expected, capsys):
     assert _script(name).main(argv) == 0
     out = capsys.readouterr().out
     for text in expected:
         assert text in out, out
+
+
+def test_steady_allocator_needs_a_fresh_process(monkeypatch):
+    """Asked for in-process, ``--allocator steady`` refuses rather than mislabel a default run."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    with pytest.raises(SystemExit):
+        _script("page_faults").main(["--repeats", "1", "--allocator", "steady"])
+
+
+def test_fusion_cost_pieces_match_the_closed_form_backward():
+    """The timed pieces compute the LayerNorm/RMSNorm backward they stand for (float64 check)."""
+    import jax
+    import numpy as np
+
+    module = _script("fusion_cost")
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((2, 5, 7))
+    s = 1 + 0.1 * rng.standard_normal(7)
+    for center in (True, False):
+        mu = x.mean(-1, keepdims=True) if center else np.zeros((5, 1))
+        r = 1 / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+        xhat = (x - mu) * r
+        a = (g * s).mean(-1, keepdims=True)
+        b = (g * s * xhat).mean(-1, keepdims=True)
+        expected_dx = r * (g * s - (a if center else 0) - xhat * b)
+        pieces = module.kernels(center)
+        with jax.enable_x64(True):
+            args = (x, g, s, mu, r, a, b)
+            np.testing.assert_allclose(pieces["dx pass"](*args), expected_dx, rtol=1e-12)
+            np.testing.assert_allclose(pieces["fused"](*args), expected_dx, rtol=1e-12)
+            sums = pieces["row sums"](*args)
+            second = sums[1] if center else sums
+            np.testing.assert_allclose(second, 7 * b[:, 0], rtol=1e-12)
+            columns = pieces["column sums"](*args)
+            np.testing.assert_allclose(columns[0] if center else columns, (g * xhat).sum(0), rtol=1e-12)

@@ -1,0 +1,158 @@
+"""What each kernel of a LayerNorm/RMSNorm forward+backward costs on XLA, alone.
+
+A closed-form backward (``dx = r·(g·s − E[g·s] − x̂·E[g·s·x̂])``) needs, on
+any backend that gives each reduction its own kernel:
+
+* stats: ``Σx`` and ``Σx²`` per row (RMSNorm: ``Σx²``), the forward's sums;
+* row sums: ``Σ g·s`` and ``Σ g·s·x̂`` per row (RMSNorm: the second);
+* the dx pass: read x and g, write dx, given the per-row sums;
+* column sums: ``Σ_rows g·x̂`` (dscale) and ``Σ_rows g`` (dbias).
+
+Each is timed as its own jitted function, on arguments (nothing
+constant-folded), interleaved with jaxnorm's and flax.linen's whole
+forward+backward in one process. "fused" is the row sums and the dx pass
+in one function, which XLA:CPU compiles to one kernel from 4096 rows up
+(YNNPACK takes elementwise work on fewer than 4096 elements, such as the
+per-row ``/n``, out of its fusions). The kernel floor is stats +
+min(fused, row sums + dx pass) + column sums: what the kernels every such
+program runs cost when each runs alone, over flax.linen's whole time.
+
+    python benchmarks/fusion_cost.py [--shapes 4096x768,...] [--repeats 30] [--allocator steady] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnorm.bench.allocator import reexec_steady, steady_in_effect
+from jaxnorm.bench.cases import batch_independent_cases
+from jaxnorm.bench.run import _flax_apply
+from jaxnorm.bench.table import write_json
+from jaxnorm.bench.timing import interleaved_medians
+
+SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280", "4096x768", "2048x4096", "512x8192")
+
+
+def kernels(center: bool) -> dict:
+    """The pieces, as functions of ``(x, g, s, mu, r, a, b)`` on ``(rows, features)``.
+
+    ``mu``, ``r``, ``a``, ``b`` are per-row ``(rows, 1)``: the mean, the
+    reciprocal deviation and the two per-row means the dx pass subtracts.
+    """
+    n = lambda x: x.shape[-1]
+    xhat = lambda x, mu, r: (x - mu) * r if center else x * r
+
+    def stats(x, g, s, mu, r, a, b):
+        return (jnp.sum(x, -1), jnp.sum(x * x, -1)) if center else jnp.sum(x * x, -1)
+
+    def row_sums(x, g, s, mu, r, a, b):
+        second = jnp.sum(g * s * xhat(x, mu, r), -1)
+        # Σ g·s as a matrix-vector product: as a second reduction it would
+        # share the broadcast of s, which XLA:CPU then stores.
+        return (g @ s, second) if center else second
+
+    def dx_pass(x, g, s, mu, r, a, b):
+        inner = g * s - xhat(x, mu, r) * b
+        return r * (inner - a if center else inner)
+
+    def fused(x, g, s, mu, r, a, b):
+        gs, xh = g * s, xhat(x, mu, r)
+        mean_gx = jnp.sum(gs * xh, -1, keepdims=True) / n(x)
+        inner = gs - xh * mean_gx
+        if center:
+            inner = inner - jnp.sum(gs, -1, keepdims=True) / n(x)
+        return r * inner
+
+    def column_sums(x, g, s, mu, r, a, b):
+        ds = jnp.sum(g * xhat(x, mu, r), 0)
+        return (ds, jnp.sum(g, 0)) if center else ds
+
+    return {"stats": stats, "row sums": row_sums, "dx pass": dx_pass, "fused": fused,
+            "column sums": column_sums}
+
+
+def full_size_kernels(jitted, args, shape) -> int:
+    """How many compiled fusions of ``jitted(*args)`` have an output of ``shape``."""
+    text = jitted.lower(*args).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    full = f"[{','.join(map(str, shape))}]"
+    return sum(1 for line in entry.splitlines() if " fusion(" in line and f"{full}{{" in line.split("=")[1][:60])
+
+
+def measure(scheme: str, shape: tuple[int, ...], repeats: int) -> dict:
+    """One row: each piece's median ms, jaxnorm's and flax.linen's f+b, the kernel floor."""
+    center = scheme == "layer_norm"
+    rows, features = math.prod(shape[:-1]), shape[-1]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((rows, features)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((rows, features)), jnp.float32)
+    s = jnp.asarray(1 + 0.1 * rng.standard_normal(features), jnp.float32)
+    per_row = [jnp.asarray(v, jnp.float32) for v in rng.standard_normal((4, rows, 1))]
+    mu, r, a, b = per_row[0], 1 + 0.1 * jnp.abs(per_row[1]), per_row[2], per_row[3]
+    args = (x, g, s, mu, r, a, b)
+    pieces = {k: jax.jit(f) for k, f in kernels(center).items()}
+
+    case = next(c for c in batch_independent_cases(shape) if c.scheme == scheme)
+    xs, gs = x.reshape(shape), g.reshape(shape)
+    scale, bias = jnp.ones(case.param_shape), jnp.zeros(case.param_shape)
+    whole = {}
+    for name, apply in (("jaxnorm", case.apply), ("flax", _flax_apply(case))):
+        loss = lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c)
+        whole[name] = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+    calls = [lambda f=f: f(*args) for f in pieces.values()]
+    calls += [lambda f=f: f(xs, scale, bias, gs) for f in whole.values()]
+    times = dict(zip([*pieces, *whole], (1e3 * t for t in interleaved_medians(calls, repeats=repeats))))
+    separate = times["row sums"] + times["dx pass"]
+    floor = times["stats"] + min(times["fused"], separate) + times["column sums"]
+    return {
+        "scheme": scheme, "shape": list(shape), "ms": times,
+        "fused_kernels": full_size_kernels(pieces["fused"], args, (rows, features)),
+        "fused_over_separate": times["fused"] / separate,
+        "kernel_floor_ms": floor,
+        "kernel_floor_ratio": floor / times["flax"],
+        "ratio_fwd_bwd": times["jaxnorm"] / times["flax"],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--schemes", default="layer_norm,rms_norm")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--allocator", choices=("default", "steady"), default="default")
+    parser.add_argument("--out", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    if args.allocator == "steady" and not steady_in_effect():
+        if argv is not None:
+            parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
+        reexec_steady(sys.argv)
+    rows = []
+    names = ("stats", "row sums", "dx pass", "fused", "column sums", "jaxnorm", "flax")
+    print(f"{'scheme, shape':26s}" + "".join(f"{n:>12s}" for n in names)
+          + "  fused/sep  kernels  floor/flax  jaxnorm/flax")
+    for shape in args.shapes.split(","):
+        dims = tuple(int(d) for d in shape.split("x"))
+        for scheme in args.schemes.split(","):
+            row = measure(scheme, dims, args.repeats)
+            rows.append(row)
+            print(f"{scheme + ' ' + shape:26s}" + "".join(f"{row['ms'][n]:12.3f}" for n in names)
+                  + f"  {row['fused_over_separate']:9.2f}  {row['fused_kernels']:7d}"
+                  f"  {row['kernel_floor_ratio']:10.2f}  {row['ratio_fwd_bwd']:12.2f}", flush=True)
+    print("ms: median under jit, each piece alone, interleaved with jaxnorm's and flax.linen's whole\n"
+          "forward+backward. fused/sep: the fused function over row sums + dx pass; kernels: its\n"
+          "full-size kernels once compiled (1: one fused kernel). floor: stats + min(fused, row sums\n"
+          "+ dx pass) + column sums.")
+    if args.out:
+        write_json(args.out, rows, command="python benchmarks/fusion_cost.py " + " ".join(sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
