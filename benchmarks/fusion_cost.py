@@ -11,9 +11,9 @@ any backend that gives each reduction its own kernel:
 Each is timed as its own jitted function, on arguments (nothing
 constant-folded), interleaved with jaxnorm's and flax.linen's whole
 forward+backward in one process. "fused" is the row sums and the dx pass
-in one function, which XLA:CPU compiles to one kernel from 4096 rows up
-(YNNPACK takes elementwise work on fewer than 4096 elements, such as the
-per-row ``/n``, out of its fusions). The kernel floor is stats +
+in one function, written as jaxnorm writes it so that XLA:CPU compiles it
+to one kernel (YNNPACK leaves elementwise work on fewer than 4096 elements,
+such as a per-row ``/n``, out of its fusions). The kernel floor is stats +
 min(fused, row sums + dx pass) + column sums: what the kernels every such
 program runs cost when each runs alone, over flax.linen's whole time.
 
@@ -62,12 +62,13 @@ def kernels(center: bool) -> dict:
         return r * (inner - a if center else inner)
 
     def fused(x, g, s, mu, r, a, b):
+        # r·(g·s − E[g·s] − x̂·E[g·s·x̂]) with the per-row factor k = −r/n
+        # spread to full size before use, as jaxnorm writes it: an op on
+        # fewer than 4096 per-row values would end XLA:CPU's fused kernel.
         gs, xh = g * s, xhat(x, mu, r)
-        mean_gx = jnp.sum(gs * xh, -1, keepdims=True) / n(x)
-        inner = gs - xh * mean_gx
-        if center:
-            inner = inner - jnp.sum(gs, -1, keepdims=True) / n(x)
-        return r * inner
+        k = jnp.broadcast_to(-r / n(x), x.shape)
+        out = r * gs + (xh * k) * jnp.sum(gs * xh, -1, keepdims=True)
+        return out + k * jnp.sum(gs, -1, keepdims=True) if center else out
 
     def column_sums(x, g, s, mu, r, a, b):
         ds = jnp.sum(g * xhat(x, mu, r), 0)
