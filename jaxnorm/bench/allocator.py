@@ -12,7 +12,7 @@ never in the next, and a jaxnorm/flax ratio can move by 2× between runs.
 :data:`STEADY_TUNABLES` makes glibc serve every buffer from one heap and
 keep freed memory there, so a buffer reused call after call is faulted in
 once (``benchmarks/page_faults.py`` under it: no faults from 8 to 32 MiB,
-2.6 ms for the 32 MiB pass). One heap, because XLA's worker threads
+1.8 ms for the 32 MiB pass that took 10.7 ms with 8193 faults without it). One heap, because XLA's worker threads
 allocate too, and the extra per-thread heaps glibc would give them return
 freed pages to the system regardless (819 faults per call for RMSNorm's
 forward+backward at 16×32×32×256 without it, none with it). A benchmark run under it measures the kernels
