@@ -26,7 +26,7 @@ import sys
 import jax
 
 from jaxnorm.bench import default_cases, run_cases
-from jaxnorm.bench.allocator import reexec_steady, steady_in_effect
+from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.table import SPEED_COLUMNS, SPEED_LEGEND, format_table, write_json
 
 # CNN activations (N, H, W, C), C from 64 to 1280, for every scheme;
@@ -106,15 +106,11 @@ def main(argv=None) -> int:
     parser.add_argument("--mean", type=float, default=0.0,
                         help="mean of the timed input, unit spread (default 0: activations; "
                         "1e4 times jaxnorm's exact branch for inputs far from zero)")
-    parser.add_argument("--allocator", choices=("default", "steady"), default="default",
-                        help="steady: rerun under glibc settings without page faults on fresh buffers")
+    add_allocator_option(parser)
     parser.add_argument("--out", help="JSON path (default benchmarks/results/norms_<backend>.json; "
                         "norms_xla_<backend>.json off the CPU)")
     args = parser.parse_args(argv)
-    if args.allocator == "steady" and not steady_in_effect():
-        if argv is not None:
-            parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
-        reexec_steady(sys.argv)
+    apply_allocator_option(args, argv, parser)
     backend = jax.default_backend()
     suffix = ("" if args.mean == 0 else f"_mean{args.mean:g}") + ("_steady" if args.allocator == "steady" else "")
     out = args.out or f"benchmarks/results/norms_{'' if backend == 'cpu' else 'xla_'}{backend}{suffix}.json"

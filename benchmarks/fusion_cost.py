@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm.bench.allocator import reexec_steady, steady_in_effect
+from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_independent_cases
 from jaxnorm.bench.run import _flax_apply
 from jaxnorm.bench.table import write_json
@@ -127,13 +127,10 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--schemes", default="layer_norm,rms_norm")
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--allocator", choices=("default", "steady"), default="default")
+    add_allocator_option(parser)
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
-    if args.allocator == "steady" and not steady_in_effect():
-        if argv is not None:
-            parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
-        reexec_steady(sys.argv)
+    apply_allocator_option(args, argv, parser)
     rows = []
     names = ("stats", "row sums", "dx pass", "fused", "column sums", "jaxnorm", "flax")
     print(f"{'scheme, shape':26s}" + "".join(f"{n:>12s}" for n in names)

@@ -14,12 +14,11 @@ every buffer from the heap) to see the pass without faults.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import jax
 import jax.numpy as jnp
 
-from jaxnorm.bench.allocator import glibc_tunables, reexec_steady, steady_in_effect
+from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option, glibc_tunables
 from jaxnorm.bench.faults import page_faults_per_call
 from jaxnorm.bench.timing import interleaved_medians
 
@@ -29,12 +28,9 @@ ROWS = (512, 1024, 1900, 2047, 2048)
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--allocator", choices=("default", "steady"), default="default")
+    add_allocator_option(parser)
     args = parser.parse_args(argv)
-    if args.allocator == "steady" and not steady_in_effect():
-        if argv is not None:
-            parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
-        reexec_steady(sys.argv)
+    apply_allocator_option(args, argv, parser)
     double = jax.jit(lambda x: x * 2.0)
     arrays = [jnp.ones((rows, 4096), jnp.float32) for rows in ROWS]
     calls = [lambda x=x: double(x) for x in arrays]

@@ -26,7 +26,10 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["STEADY_TUNABLES", "glibc_tunables", "reexec_steady", "steady_env", "steady_in_effect"]
+__all__ = [
+    "STEADY_TUNABLES", "add_allocator_option", "apply_allocator_option", "glibc_tunables", "reexec_steady",
+    "steady_env", "steady_in_effect",
+]
 
 STEADY_TUNABLES = (
     "glibc.malloc.mmap_max=0"                  # every buffer from the heap, none mapped afresh
@@ -72,3 +75,26 @@ def reexec_steady(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv], steady_env())
+
+
+def add_allocator_option(parser) -> None:
+    """Give a benchmark script's ``argparse`` parser an ``--allocator {default,steady}`` option."""
+    parser.add_argument("--allocator", choices=("default", "steady"), default="default",
+                        help="steady: rerun under glibc settings without page faults on fresh buffers")
+
+
+def apply_allocator_option(args, argv, parser) -> None:
+    """Act on ``--allocator``: for "steady", restart the script under :data:`STEADY_TUNABLES`.
+
+    Args:
+      args: the parsed arguments.
+      argv: what the script's ``main`` was given: None when run from the
+        command line. A call from within a process (``main([...])``) cannot
+        change glibc's settings, so it is refused rather than mislabelled.
+      parser: for the error.
+    """
+    if args.allocator != "steady" or steady_in_effect():
+        return
+    if argv is not None:
+        parser.error("--allocator steady: glibc reads its settings at start-up; run the script itself")
+    reexec_steady(sys.argv)
