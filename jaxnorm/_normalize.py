@@ -215,7 +215,8 @@ def _tangent_fine(spec, fine, g, xc, centre, rstd, a, count, scale_dot, bias_dot
     and ``E[x̂·ẋ] = rstd·(E[d·ẋ] − mean_shifted·E[ẋ])``. ``d`` is exact, and
     ``mean_shifted`` is of the order of the spread (at most 2 deviations; 0
     for the textbook moments), so nothing cancels, and each full-size pass
-    does two operations fewer than with ``x̂`` itself.
+    does two operations fewer than with ``x̂`` itself (GroupNorm's sums keep
+    ``x̂``; see the code).
 
     Args:
       xc: ``x`` in the compute dtype; ``centre``: ``(shift, mean_shifted)``;
@@ -248,12 +249,20 @@ def _tangent_fine(spec, fine, g, xc, centre, rstd, a, count, scale_dot, bias_dot
     # summed twice, and stored in between).
     if scale_dot is not None:
         u = u + lax.optimization_barrier(jnp.broadcast_to(scale_dot, shape))
-    ru = rstd * u
-    v = -a * mean_g - mean_shifted * ru if spec.center else None
+    v = -a * mean_g if spec.center else None
+    if r.group_axis is None:
+        ru = rstd * u
+        t = d(0) * ru
+        if spec.center:
+            v = v - mean_shifted * ru
+    else:
+        # With groups (GroupNorm) the sums side keeps x̂ itself: folded, it
+        # measured 13% slower at 16×32×32×256 (3–8% faster on the smaller
+        # benchmark shapes), where the unfolded one beats flax.linen.
+        t = (((d(0) - mean_shifted) if spec.center else d(0)) * rstd) * u
     if bias_dot is not None:
         bias_dot = lax.optimization_barrier(jnp.broadcast_to(bias_dot, shape))
         v = bias_dot if v is None else v + bias_dot
-    t = d(0) * ru
     if v is not None:
         t = t + v
     return t + unview(view(a, 1, g) * g1, g.shape)
