@@ -22,6 +22,9 @@ def _script(name):
     ("page_faults", ["--repeats", "2"], ["2048 x 4096", "faults"]),
     ("xla_passes", ["--scheme", "instance_norm", "--shape", "2x4x4x8", "--reps", "2"],
      ["jaxnorm:", "flax.linen:", "kernels that move full-size arrays"]),
+    ("ab_normalize", ["--rev", "HEAD", "--scheme", "group_norm", "--shape", "2x4x4x64", "--repeats", "2",
+                      "--rounds", "1"],
+     ["group_norm 2x4x4x64: old = HEAD, new = working tree", "new ", "old ", "flax "]),
     ("fusion_cost", ["--shapes", "2x3x16", "--repeats", "2"],
      ["layer_norm 2x3x16", "rms_norm 2x3x16", "fused/sep", "floor/flax"]),
 ])
