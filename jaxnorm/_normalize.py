@@ -213,8 +213,9 @@ def _tangent_fine(spec, fine, g, xc, centre, rstd, a, count, scale_dot, bias_dot
     ``x̂`` enters only as ``d = x − shift`` with per-set factors
     (``x̂ = d·rstd − mean_shifted·rstd``): ``x̂·U = d·(rstd·U) − mean_shifted·rstd·U``
     and ``E[x̂·ẋ] = rstd·(E[d·ẋ] − mean_shifted·E[ẋ])``. ``d`` is exact, and
-    ``mean_shifted`` is of the order of the spread (at most 2 deviations; 0
-    for the textbook moments), so nothing cancels, and each full-size pass
+    ``mean_shifted`` is of the order of the spread (the mean's distance from
+    one entry of the set; 0 for the textbook moments), as in the shifted
+    moments themselves, so nothing cancels beyond what they allow; each pass
     does two operations fewer than with ``x̂`` itself (GroupNorm's sums keep
     ``x̂``; see the code).
 
