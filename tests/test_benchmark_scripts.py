@@ -25,6 +25,8 @@ def _script(name):
     ("ab_normalize", ["--rev", "HEAD", "--scheme", "group_norm", "--shape", "2x4x4x64", "--repeats", "2",
                       "--rounds", "1"],
      ["group_norm 2x4x4x64: old = HEAD, new = working tree", "new ", "old ", "flax "]),
+    ("set_kernel_cost", ["--shapes", "2x4x4x64", "--repeats", "2"],
+     ["instance_norm 2x4x4x64", "group_norm 2x4x4x64", "batch_norm 2x4x4x64", "floor/flax"]),
     ("fusion_cost", ["--shapes", "2x3x16", "--repeats", "2"],
      ["layer_norm 2x3x16", "rms_norm 2x3x16", "fused/sep", "floor/flax"]),
 ])
@@ -68,3 +70,24 @@ def test_fusion_cost_pieces_match_the_closed_form_backward():
             np.testing.assert_allclose(second, 7 * b[:, 0], rtol=1e-12)
             columns = pieces["column sums"](*args)
             np.testing.assert_allclose(columns[0] if center else columns, (g * xhat).sum(0), rtol=1e-12)
+
+
+def test_set_kernel_cost_pieces_compute_the_sums_they_stand_for():
+    """Each scheme's stats and sums are the per-set sums of x, x², g and g·x̂ (float64 check)."""
+    import jax
+    import numpy as np
+
+    module = _script("set_kernel_cost")
+    rng = np.random.default_rng(2)
+    x, g = rng.standard_normal((2, 2, 3, 3, 64))
+    mu, r = rng.standard_normal((2, 2, 1, 1, 64))
+    r = 1 + np.abs(r)
+    with jax.enable_x64(True):
+        for scheme, axes in (("instance_norm", (1, 2)), ("batch_norm", (0, 1, 2))):
+            pieces = module.kernels(scheme, x.shape)
+            m, rr = (mu[:1], r[:1]) if scheme == "batch_norm" else (mu, r)
+            np.testing.assert_allclose(pieces["stats"](x, g, m, rr, 0, 0, 0)[1], (x * x).sum(axes), rtol=1e-12)
+            np.testing.assert_allclose(pieces["sums"](x, g, m, rr, 0, 0, 0)[1], (g * (x - m) * rr).sum(axes),
+                                       rtol=1e-12)
+        grouped = module.kernels("group_norm", x.shape)["stats"](x, g, mu, r, 0, 0, 0)[0]
+        np.testing.assert_allclose(grouped, x.reshape(2, 3, 3, 32, 2).sum((1, 2, 4)), rtol=1e-12, atol=1e-12)
