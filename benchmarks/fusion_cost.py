@@ -32,9 +32,8 @@ import numpy as np
 
 from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_independent_cases
-from jaxnorm.bench.run import _flax_apply
+from jaxnorm.bench.pieces import time_pieces
 from jaxnorm.bench.table import write_json
-from jaxnorm.bench.timing import interleaved_medians
 
 SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280", "4096x768", "2048x4096", "512x8192")
 
@@ -97,24 +96,13 @@ def measure(scheme: str, shape: tuple[int, ...], repeats: int) -> dict:
     per_row = [jnp.asarray(v, jnp.float32) for v in rng.standard_normal((4, rows, 1))]
     mu, r, a, b = per_row[0], 1 + 0.1 * jnp.abs(per_row[1]), per_row[2], per_row[3]
     args = (x, g, s, mu, r, a, b)
-    pieces = {k: jax.jit(f) for k, f in kernels(center).items()}
-
     case = next(c for c in batch_independent_cases(shape) if c.scheme == scheme)
-    xs, gs = x.reshape(shape), g.reshape(shape)
-    scale, bias = jnp.ones(case.param_shape), jnp.zeros(case.param_shape)
-    whole = {}
-    for name, apply in (("jaxnorm", case.apply), ("flax", _flax_apply(case))):
-        loss = lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c)
-        whole[name] = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-
-    calls = [lambda f=f: f(*args) for f in pieces.values()]
-    calls += [lambda f=f: f(xs, scale, bias, gs) for f in whole.values()]
-    times = dict(zip([*pieces, *whole], (1e3 * t for t in interleaved_medians(calls, repeats=repeats))))
+    times = time_pieces(kernels(center), args, case, x.reshape(shape), g.reshape(shape), repeats=repeats)
     separate = times["row sums"] + times["dx pass"]
     floor = times["stats"] + min(times["fused"], separate) + times["column sums"]
     return {
         "scheme": scheme, "shape": list(shape), "ms": times,
-        "fused_kernels": full_size_kernels(pieces["fused"], args, (rows, features)),
+        "fused_kernels": full_size_kernels(jax.jit(kernels(center)["fused"]), args, (rows, features)),
         "fused_over_separate": times["fused"] / separate,
         "kernel_floor_ms": floor,
         "kernel_floor_ratio": floor / times["flax"],

@@ -26,15 +26,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_cases, batch_independent_cases
-from jaxnorm.bench.run import _flax_apply
+from jaxnorm.bench.pieces import time_pieces
 from jaxnorm.bench.table import write_json
-from jaxnorm.bench.timing import interleaved_medians
 
 SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280")
 SCHEMES = ("instance_norm", "group_norm", "batch_norm")
@@ -74,18 +72,8 @@ def measure(scheme: str, shape: tuple[int, ...], repeats: int) -> dict:
     per_set = (1 if scheme == "batch_norm" else shape[0], 1, 1, shape[-1])
     mu, r, a, u, v = (jnp.asarray(rng.standard_normal(per_set), jnp.float32) for _ in range(5))
     args = (x, g, mu, 1 + 0.1 * jnp.abs(r), a, u, v)
-    pieces = {k: jax.jit(f) for k, f in kernels(scheme, shape).items()}
-
     case = next(c for c in batch_independent_cases(shape) + batch_cases(shape) if c.scheme == scheme)
-    scale, bias = jnp.ones(case.param_shape), jnp.zeros(case.param_shape)
-    whole = {}
-    for name, apply in (("jaxnorm", case.apply), ("flax", _flax_apply(case))):
-        loss = lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c)
-        whole[name] = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-
-    calls = [lambda f=f: f(*args) for f in pieces.values()]
-    calls += [lambda f=f: f(x, scale, bias, g) for f in whole.values()]
-    times = dict(zip([*pieces, *whole], (1e3 * t for t in interleaved_medians(calls, repeats=repeats))))
+    times = time_pieces(kernels(scheme, shape), args, case, x, g, repeats=repeats)
     floor = times["stats"] + times["sums"] + times["dx pass"]
     return {
         "scheme": scheme, "shape": list(shape), "ms": times, "kernel_floor_ms": floor,

@@ -1,0 +1,36 @@
+"""Timing a program's kernels one by one, next to the whole programs they belong to."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxnorm.bench.run import _flax_apply
+from jaxnorm.bench.timing import interleaved_medians
+
+__all__ = ["time_pieces"]
+
+
+def time_pieces(pieces: dict, args: tuple, case, x, cot, *, repeats: int) -> dict[str, float]:
+    """Median ms of each piece and of jaxnorm's and flax.linen's whole forward+backward, interleaved.
+
+    Args:
+      pieces: name -> function of ``*args`` (jitted here).
+      args: the pieces' arguments.
+      case: a :class:`jaxnorm.bench.cases.Case` with a flax.linen twin; its
+        forward+backward is the gradient of ``sum(f(x, 1, 0)·cot)`` with
+        respect to x, scale and bias.
+      x, cot: the whole programs' input and cotangent.
+      repeats: timed rounds.
+
+    Returns:
+      ``{piece name: ms, ..., "jaxnorm": ms, "flax": ms}``.
+    """
+    scale, bias = jnp.ones(case.param_shape), jnp.zeros(case.param_shape)
+    calls = {name: (lambda f=jax.jit(f): f(*args)) for name, f in pieces.items()}
+    for name, apply in (("jaxnorm", case.apply), ("flax", _flax_apply(case))):
+        loss = lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c)
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        calls[name] = lambda grad=grad: grad(x, scale, bias, cot)
+    times = interleaved_medians(list(calls.values()), repeats=repeats)
+    return {name: 1e3 * t for name, t in zip(calls, times)}
