@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_independent_cases
-from jaxnorm.bench.pieces import time_pieces
+from jaxnorm.bench.pieces import measure_rows, pieces_table, time_pieces
 from jaxnorm.bench.table import write_json
 
 SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280", "4096x768", "2048x4096", "512x8192")
@@ -119,18 +119,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     apply_allocator_option(args, argv, parser)
-    rows = []
-    names = ("stats", "row sums", "dx pass", "fused", "column sums", "jaxnorm", "flax")
-    print(f"{'scheme, shape':26s}" + "".join(f"{n:>12s}" for n in names)
-          + "  fused/sep  kernels  floor/flax  jaxnorm/flax")
-    for shape in args.shapes.split(","):
-        dims = tuple(int(d) for d in shape.split("x"))
-        for scheme in args.schemes.split(","):
-            row = measure(scheme, dims, args.repeats)
-            rows.append(row)
-            print(f"{scheme + ' ' + shape:26s}" + "".join(f"{row['ms'][n]:12.3f}" for n in names)
-                  + f"  {row['fused_over_separate']:9.2f}  {row['fused_kernels']:7d}"
-                  f"  {row['kernel_floor_ratio']:10.2f}  {row['ratio_fwd_bwd']:12.2f}", flush=True)
+    rows = measure_rows(measure, args.shapes, args.schemes, args.repeats)
+    print(pieces_table(rows, [("fused/sep", "fused_over_separate", "{:.2f}"), ("kernels", "fused_kernels", "{}"),
+                              ("floor/flax", "kernel_floor_ratio", "{:.2f}"),
+                              ("jaxnorm/flax", "ratio_fwd_bwd", "{:.2f}")]))
     print("ms: median under jit, each piece alone, interleaved with jaxnorm's and flax.linen's whole\n"
           "forward+backward. fused/sep: the fused function over row sums + dx pass; kernels: its\n"
           "full-size kernels once compiled (1: one fused kernel). floor: stats + min(fused, row sums\n"

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_cases, batch_independent_cases
-from jaxnorm.bench.pieces import time_pieces
+from jaxnorm.bench.pieces import measure_rows, pieces_table, time_pieces
 from jaxnorm.bench.table import write_json
 
 SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280")
@@ -90,16 +90,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     apply_allocator_option(args, argv, parser)
-    names = ("stats", "sums", "dx pass", "jaxnorm", "flax")
-    print(f"{'scheme, shape':30s}" + "".join(f"{n:>10s}" for n in names) + "  floor/flax  jaxnorm/flax")
-    rows = []
-    for shape in args.shapes.split(","):
-        dims = tuple(int(d) for d in shape.split("x"))
-        for scheme in args.schemes.split(","):
-            row = measure(scheme, dims, args.repeats)
-            rows.append(row)
-            print(f"{scheme + ' ' + shape:30s}" + "".join(f"{row['ms'][k]:10.3f}" for k in names)
-                  + f"  {row['kernel_floor_ratio']:10.2f}  {row['ratio_fwd_bwd']:12.2f}", flush=True)
+    rows = measure_rows(measure, args.shapes, args.schemes, args.repeats)
+    print(pieces_table(rows, [("floor/flax", "kernel_floor_ratio", "{:.2f}"),
+                              ("jaxnorm/flax", "ratio_fwd_bwd", "{:.2f}")]))
     print("ms: median under jit, each piece alone, interleaved with jaxnorm's and flax.linen's whole\n"
           "forward+backward. floor: stats + sums + dx pass.")
     if args.out:

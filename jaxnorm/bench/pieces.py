@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm.bench.run import _flax_apply
+from jaxnorm.bench.table import format_table
 from jaxnorm.bench.timing import interleaved_medians
 
-__all__ = ["time_pieces"]
+__all__ = ["measure_rows", "pieces_table", "time_pieces"]
 
 
 def time_pieces(pieces: dict, args: tuple, case, x, cot, *, repeats: int) -> dict[str, float]:
@@ -34,3 +35,24 @@ def time_pieces(pieces: dict, args: tuple, case, x, cot, *, repeats: int) -> dic
         calls[name] = lambda grad=grad: grad(x, scale, bias, cot)
     times = interleaved_medians(list(calls.values()), repeats=repeats)
     return {name: 1e3 * t for name, t in zip(calls, times)}
+
+
+def measure_rows(measure, shapes: str, schemes: str, repeats: int) -> list[dict]:
+    """``measure(scheme, shape, repeats)`` for every comma-separated shape (``16x32x32x256``) and scheme."""
+    rows = []
+    for shape in shapes.split(","):
+        dims = tuple(int(d) for d in shape.split("x"))
+        rows += [measure(scheme, dims, repeats) for scheme in schemes.split(",")]
+    return rows
+
+
+def pieces_table(rows: list[dict], extra_columns) -> str:
+    """:func:`jaxnorm.bench.table.format_table` of rows holding ``"ms"`` (from :func:`time_pieces`).
+
+    One column per timed piece, then ``extra_columns`` (``(header, key, format)``).
+    """
+    names = list(rows[0]["ms"]) if rows else []
+    shown = [{"row": f"{r['scheme']} {'x'.join(map(str, r['shape']))}", **{f"ms {n}": t for n, t in r["ms"].items()},
+              **r} for r in rows]
+    columns = [("scheme, shape", "row", "{}")] + [(n, f"ms {n}", "{:.3f}") for n in names] + list(extra_columns)
+    return format_table(shown, columns)
