@@ -1,17 +1,19 @@
-"""Old against new: one scheme's forward+backward with another commit's ``jaxnorm/_normalize.py``, in one process.
+"""Old against new: one scheme with another commit's ``jaxnorm/_normalize.py`` and ``_stats.py``, in one process.
 
-Compiles the gradient of ``sum(f(x, scale, bias)·c)`` twice, ahead of time:
-with the working tree's :mod:`jaxnorm._normalize` ("new") and with the
-version of that file at ``--rev`` ("old", loaded from ``git show`` and
-swapped in where the schemes import it), then times both and flax.linen's
-interleaved, and prints the medians, each over flax.linen's, and the bytes
-each compiled program moves. Compiled executables are kept, so swapping
-the module (and clearing JAX's caches) cannot change what "new" runs. Only
-the LayerNorm/RMSNorm/GroupNorm/InstanceNorm/BatchNorm paths go through
-``_normalize``. The other file at ``--rev`` must import what the working
-tree provides (it is meant for recent commits).
+Compiles the gradient of ``sum(f(x, scale, bias)·c)`` (with ``--forward``,
+``f`` itself) twice, ahead of time: with the working tree's
+:mod:`jaxnorm._normalize` and :mod:`jaxnorm._stats` ("new") and with the
+versions of those files at ``--rev`` ("old", loaded from ``git show``, the
+old ``_normalize`` importing the old ``_stats``, and swapped in where the
+schemes import them), then times both and flax.linen's interleaved, and
+prints the medians, each over flax.linen's, and the bytes each compiled
+program moves. Compiled executables are kept, so swapping the modules (and
+clearing JAX's caches) cannot change what "new" runs. Only the
+LayerNorm/RMSNorm/GroupNorm/InstanceNorm/BatchNorm paths go through
+``_normalize``. The files at ``--rev`` must import what the working tree
+provides (it is meant for recent commits).
 
-    python benchmarks/ab_normalize.py --rev HEAD~1 --scheme group_norm --shape 16x32x32x256 [--allocator steady]
+    python benchmarks/ab_normalize.py --rev HEAD~1 --scheme group_norm --shape 16x32x32x256 [--forward] [--allocator steady]
 """
 
 from __future__ import annotations
@@ -41,18 +43,25 @@ from jaxnorm.bench.timing import interleaved_medians
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def normalize_at(rev: str):
-    """``jaxnorm/_normalize.py`` as it was at ``rev``, imported as a module of its own."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:jaxnorm/_normalize.py"],
+def module_at(rev: str, stem: str, source_edit=lambda text: text):
+    """``jaxnorm/{stem}.py`` as it was at ``rev`` (edited by ``source_edit``), imported as ``jaxnorm.{stem}_at_rev``."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:jaxnorm/{stem}.py"],
                             capture_output=True, text=True, check=True).stdout
-    path = pathlib.Path(tempfile.mkdtemp()) / "_normalize_at_rev.py"
-    path.write_text(source)
-    name = "jaxnorm._normalize_at_rev"
+    path = pathlib.Path(tempfile.mkdtemp()) / f"{stem}_at_rev.py"
+    path.write_text(source_edit(source))
+    name = f"jaxnorm.{stem}_at_rev"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def normalize_at(rev: str):
+    """``jaxnorm/_normalize.py`` at ``rev``, importing ``jaxnorm/_stats.py`` at ``rev``."""
+    module_at(rev, "_stats")
+    return module_at(rev, "_normalize", lambda text: text.replace("from jaxnorm._stats import",
+                                                                  "from jaxnorm._stats_at_rev import"))
 
 
 def use_normalize(module) -> None:
@@ -70,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", default="2048x4096")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forward", action="store_true", help="time the forward pass, not forward+backward")
     add_allocator_option(parser)
     args = parser.parse_args(argv)
     apply_allocator_option(args, argv, parser)
@@ -82,6 +92,8 @@ def main(argv=None) -> int:
     inputs = (x, scale, bias, cot)
 
     def grad_of(apply):
+        if args.forward:
+            return jax.jit(lambda x, s, b, c: apply(x, s, b))
         return jax.jit(jax.grad(lambda x, s, b, c: jnp.sum(apply(x, s, b) * c), argnums=(0, 1, 2)))
 
     programs, moved = {}, {}
@@ -94,9 +106,11 @@ def main(argv=None) -> int:
     use_normalize(jaxnorm._normalize)
     programs["flax"] = grad_of(_flax_apply(case)).lower(*inputs).compile()
     new, old = programs["new"](*inputs), programs["old"](*inputs)
+    new, old = (jax.tree.leaves(t) for t in (new, old))
     differs = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(new, old))
-    print(f"{args.scheme} {args.shape}: old = {args.rev}, new = working tree; moved/x old {moved['old']:.0f}, "
-          f"new {moved['new']:.0f}; largest difference of the gradients {differs:.1e}")
+    what = "forward" if args.forward else "forward+backward"
+    print(f"{args.scheme} {args.shape} {what}: old = {args.rev}, new = working tree; moved/x old {moved['old']:.0f}, "
+          f"new {moved['new']:.0f}; largest difference of the outputs {differs:.1e}")
     names = list(programs)
     for _ in range(args.rounds):
         times = interleaved_medians([functools.partial(programs[k], *inputs) for k in names],

@@ -19,6 +19,11 @@ rule is linear in the tangents, so JAX transposes it for reverse mode (giving
 ``dx = γ·rstd·(g − E[g] − x̂·E[g·x̂])``), and it is itself made of JAX
 operations, so forward mode and every higher order keep working.
 
+The forward pass alone (never differentiated: the rule is) computes its
+output inside the branch of the statistics' ``lax.cond``
+(:func:`_forward_conditioned`), so that it compiles to flax.linen's kernels
+plus the conditioning test.
+
 Reverse mode stores only ``x`` and the per-set statistics
 (``jax.checkpoint``) and recomputes ``x̂``, fused, in the backward pass. The
 rule is written so that its transpose is the hand-derived backward with the
@@ -41,7 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._remat import STATISTICS, statistic
-from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
+from jaxnorm._stats import Reduction, compute_dtype, moments, on_conditioning, shifted_default
 from jaxnorm._views import few_sets, split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
@@ -153,12 +158,46 @@ def _affine(spec, x, c, a, centre, bias):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _normalize(spec, x, scale, bias, where):
+    if where is None and spec.center and spec.shifted and spec.reduction.axis_name is None:
+        return _forward_conditioned(spec, x, scale, bias)
     c, _, a, means, stats = _prepare(spec, x, scale, where)
     if where is None:
         y = _affine(spec, x, c, a, means.centre, bias)
     else:
         y = c * a if bias is None else c * a + bias
     return (_finish(y, where, x.dtype),) + stats
+
+
+def _forward_conditioned(spec, x, scale, bias):
+    """The forward pass alone (never differentiated: the rule below is), output inside the conditioning branch.
+
+    :func:`jaxnorm._stats.on_conditioning` runs either branch whole: the
+    textbook one computes ``y = (x − μ)·(rstd·γ) + β`` from ``E[x]`` and
+    ``E[x²]``, the kernels flax.linen's forward runs; the exact one,
+    ``y`` from the shifted moments (:func:`_affine`). Computing ``y`` after
+    the ``lax.cond`` instead would give XLA:CPU a selection of two sets of
+    statistics to broadcast, and it then adds layout copies and a
+    subtraction per entry (``(x − shift) − mean_shifted``).
+    """
+    xc = x.astype(compute_dtype(x.dtype))
+    count = jnp.asarray(spec.reduction.size(x.shape), xc.dtype)
+
+    def coefficient(var):
+        rstd = lax.rsqrt(var + spec.epsilon)
+        return rstd if scale is None else rstd * scale
+
+    def textbook(mean, var):
+        y = (xc - mean) * coefficient(var)
+        y = y if bias is None else y + bias
+        return y, mean, jnp.zeros_like(mean), var
+
+    def shifted(mo):
+        centre = (mo.shift, mo.mean_shifted)
+        c = (xc - mo.shift) - mo.mean_shifted
+        return _affine(spec, x, c, coefficient(mo.var), centre, bias), mo.shift, mo.mean_shifted, mo.var
+
+    y, shift, mean_shifted, var = on_conditioning(xc, spec.reduction, count, textbook, shifted)
+    return (_finish(y, None, x.dtype), shift, mean_shifted, var, count)
 
 
 @_normalize.defjvp

@@ -27,7 +27,7 @@ Speed without giving that up. Where the textbook moments are accurate
 (every set with ``mean² <= 4·var``: activations) they are used, because
 XLA:CPU sums ``x`` and ``x²`` twice as fast as ``x − s``; a ``lax.cond``
 switches to the shifted moments for inputs far from zero
-(:func:`_conditioned_moments`).
+(:func:`on_conditioning`).
 
 Masks select (``jnp.where``), never multiply, so masked entries holding NaN or
 Inf never reach a statistic. With a mask the shift is the masked mean (one
@@ -71,7 +71,7 @@ from jaxnorm._remat import statistic
 from jaxnorm._views import unview, view
 
 __all__ = [
-    "Moments", "Reduction", "compute_dtype", "moments", "pool_moments", "pool_sets",
+    "Moments", "Reduction", "compute_dtype", "moments", "on_conditioning", "pool_moments", "pool_sets",
     "shifted_default", "tangent_sums", "unshifted_statistics",
 ]
 
@@ -282,7 +282,7 @@ def moments(
         return _named(Moments(zero, zero, second / safe_count, count))
 
     if where is None and shifted:
-        local = _conditioned_moments(x, reduction, count, safe_count)
+        local = _conditioned_moments(x, reduction, count)
     else:
         local = _shifted_moments(x, reduction, count, safe_count, mask, shifted)
     if reduction.axis_name is not None:
@@ -299,8 +299,23 @@ def _named(mo: Moments) -> Moments:
 WELL_CONDITIONED = 4.0
 
 
-def _conditioned_moments(x, reduction: Reduction, count, safe_count) -> Moments:
+def _conditioned_moments(x, reduction: Reduction, count) -> Moments:
     """Textbook moments where they are accurate, the exact shifted ones elsewhere.
+
+    :func:`on_conditioning` with the textbook branch giving the mean as the
+    shift (``x − shift`` is then ``x − mean``, as in the textbook) and
+    ``mean_shifted = mean − shift``: 0 in value but with the mean's
+    derivative, which second-order differentiation needs.
+    """
+    def textbook(mean, var):
+        shift = lax.stop_gradient(mean)
+        return Moments(shift, mean - shift, var, count)
+
+    return on_conditioning(x, reduction, count, textbook, lambda mo: mo)
+
+
+def on_conditioning(x, reduction: Reduction, count, textbook, shifted):
+    """``textbook(mean, var)`` if every set is well conditioned, else ``shifted(moments)``, under one ``lax.cond``.
 
     ``E[x]`` and ``E[x²]`` are the two reductions XLA:CPU runs fastest (its
     YNNPACK kernels sum and sum squares at memory speed; any other
@@ -310,26 +325,60 @@ def _conditioned_moments(x, reduction: Reduction, count, safe_count) -> Moments:
     are kept when every set of this member has ``mean² <= 4 · var`` (error
     at most about 2.5e-7; 1.2e-7 at mean 1 with unit spread, where the
     shifted moments give 6e-8: ``benchmarks/exactness.py``); otherwise,
-    under ``lax.cond`` so that only one branch runs, the shifted moments
-    replace them. Activations (zero-mean, or post-ReLU with mean/std about
-    1.4) take the fast branch; inputs far from zero, the exact one. Under
-    ``vmap`` the condition is per example and both branches are computed.
+    under ``lax.cond`` so that only one branch runs, the exact shifted
+    moments (:func:`_shifted_moments`) are taken. Activations (zero-mean, or
+    post-ReLU with mean/std about 1.4) take the fast branch; inputs far from
+    zero, the exact one. Under ``vmap`` the condition is per example and
+    both branches are computed.
+
+    Both branches may go on to use the statistics (a forward pass computes
+    its output inside them), so that XLA sees one set of statistics per
+    branch rather than a selection of two.
+
+    Args:
+      x: input in the compute dtype, no mask.
+      reduction: the sets (this member's; no collective is taken here).
+      count: entries per set.
+      textbook: ``(mean, var) -> outputs``, given the textbook moments.
+      shifted: ``(Moments) -> outputs``, given the shifted moments; the same
+        output structure.
     """
-    mean = reduction.local_sum(x) / safe_count
-    var = reduction.local_sum(x * x) / safe_count - mean * mean
-    conditioned = jnp.all(mean * mean <= WELL_CONDITIONED * var)  # False on NaN too
+    safe_count = jnp.maximum(count, 1)
+    total, keep = _flat_sums(reduction, x.shape)
+    sums = total(x), total(x * x)
 
-    def textbook():
-        # The mean serves as the shift (x − shift is then x − mean, as in the
-        # textbook), leaving mean_shifted = 0 in value but with the mean's
-        # derivative, which second-order differentiation needs.
-        shift = lax.stop_gradient(mean)
-        return Moments(shift, mean - shift, var, count)
+    def mean_var():
+        # From the sums on each side of the cond, so that XLA fuses the
+        # division into the kernels that use them rather than storing it.
+        mean = sums[0] / safe_count
+        return mean, sums[1] / safe_count - mean * mean
 
-    def shifted():
-        return _shifted_moments(x, reduction, count, safe_count, None, True)
+    mean, var = mean_var()
+    # One float reduction (a max) compiles to fewer kernels than jnp.all over
+    # booleans. A NaN set gives NaN statistics whichever branch runs.
+    excess = jnp.max(mean * mean - WELL_CONDITIONED * var, initial=-jnp.inf)
+    return lax.cond(
+        excess <= 0,
+        lambda: textbook(*map(keep, mean_var())),
+        lambda: shifted(_shifted_moments(x, reduction, count, safe_count, None, True)),
+    )
 
-    return lax.cond(conditioned, textbook, shifted)
+
+def _flat_sums(reduction: Reduction, shape):
+    """``(total, keep)``: per-set sums, and the way to :meth:`Reduction.local_sum`'s keepdims shape.
+
+    Without groups, ``total`` sums without keepdims axes and ``keep``
+    reshapes: statistics kept flat until they are used compile to fewer
+    kernels on XLA:CPU (keepdims ones used on both sides of a ``lax.cond``
+    get layout copies). With groups both are :meth:`Reduction.local_sum`'s:
+    summing the spatial axes first and the group's channels after is many
+    times faster there than one reduction over ``(H, W, C/G)`` (flax.linen's
+    form: 8×64×64×64 forward 9 ms against 1 ms).
+    """
+    if reduction.group_axis is not None:
+        return reduction.local_sum, lambda t: t
+    out = tuple(1 if a in reduction.axes else n for a, n in enumerate(shape))
+    return (lambda t: jnp.sum(t, reduction.axes)), (lambda t: jnp.reshape(t, out))
 
 
 def _shifted_moments(x, reduction: Reduction, count, safe_count, mask, shifted: bool) -> Moments:
