@@ -24,7 +24,12 @@ def _script(name):
      ["jaxnorm:", "flax.linen:", "kernels that move full-size arrays"]),
     ("ab_normalize", ["--rev", "HEAD", "--scheme", "group_norm", "--shape", "2x4x4x64", "--repeats", "2",
                       "--rounds", "1"],
-     ["group_norm 2x4x4x64: old = HEAD, new = working tree", "new ", "old ", "flax "]),
+     ["group_norm 2x4x4x64 forward+backward: old = HEAD, new = working tree", "new ", "old ", "flax "]),
+    ("ab_normalize", ["--rev", "HEAD", "--scheme", "layer_norm", "--shape", "2x4x4x64", "--repeats", "2",
+                      "--rounds", "1", "--forward"],
+     ["layer_norm 2x4x4x64 forward: old = HEAD, new = working tree", "new ", "old ", "flax "]),
+    ("forward_cost", ["--shapes", "2x4x4x64,6x16", "--repeats", "2"],
+     ["layer_norm 2x4x4x64", "batch_norm 2x4x4x64", "rms_norm 6x16", "untested/flax", "test ms"]),
     ("set_kernel_cost", ["--shapes", "2x4x4x64", "--repeats", "2"],
      ["instance_norm 2x4x4x64", "group_norm 2x4x4x64", "batch_norm 2x4x4x64", "floor/flax"]),
     ("fusion_cost", ["--shapes", "2x3x16", "--repeats", "2"],
@@ -91,3 +96,15 @@ def test_set_kernel_cost_pieces_compute_the_sums_they_stand_for():
                                        rtol=1e-12)
         grouped = module.kernels("group_norm", x.shape)["stats"](x, g, mu, r, 0, 0, 0)[0]
         np.testing.assert_allclose(grouped, x.reshape(2, 3, 3, 32, 2).sum((1, 2, 4)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scheme", ["layer_norm", "instance_norm", "batch_norm"])
+def test_forward_without_the_conditioning_test_compiles_to_flax_kernel_count(scheme):
+    """forward_cost's "untested" program is jaxnorm's forward minus the test: as many kernels
+    as flax.linen's, so the test and its lax.cond are all that jaxnorm's forward adds."""
+    import jax
+
+    row = _script("forward_cost").measure(scheme, (4, 8, 8, 256), repeats=2)
+    kernels = row["kernels"]
+    if jax.default_backend() == "cpu":
+        assert kernels["untested"] == kernels["flax"] < kernels["jaxnorm"], kernels
