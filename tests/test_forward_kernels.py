@@ -46,3 +46,22 @@ def test_forward_matches_float64_in_either_branch(scheme, mean):
     got = np.asarray(jax.jit(case.apply)(x, s, b), np.float64)
     want = case.reference(*(a.astype(np.float64) for a in (x, s, b)))
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 3e-7
+
+
+@pytest.mark.parametrize("far_row", [False, True])
+def test_a_nan_set_leaves_the_other_sets_exact(far_row):
+    """The test is a max over the sets: a NaN set gets NaN, the others their exact values,
+    whether the rest are well conditioned or one of them lies far from zero."""
+    import jaxnorm
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    x[2, 5] = np.nan
+    if far_row:
+        x[4] += 1e4
+    y = np.asarray(jax.jit(jaxnorm.layer_norm)(x), np.float64)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
+    assert np.isnan(y[2]).all()
+    rows = [0, 1, 3, 4, 5]
+    assert np.abs(y[rows] - want[rows]).max() < 1e-5
