@@ -18,22 +18,18 @@ centring) and is listed for its kernel count.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxnorm._normalize
-from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_cases, batch_independent_cases
 from jaxnorm.bench.hlo_traffic import kernel_traffic
-from jaxnorm.bench.pieces import measure_rows, pieces_table
+from jaxnorm.bench.pieces import measure_rows, parse_row_args, report
 from jaxnorm.bench.run import _flax_apply
-from jaxnorm.bench.table import write_json
 from jaxnorm.bench.timing import interleaved_samples, paired_ratio
 
 SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280", "4096x768", "2048x4096", "512x8192")
@@ -90,29 +86,20 @@ def measure(scheme: str, shape: tuple[int, ...], repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--schemes", default=SCHEMES, help="comma-separated; tokens×hidden shapes take LayerNorm and RMSNorm only")
-    parser.add_argument("--repeats", type=int, default=100)
-    add_allocator_option(parser)
-    parser.add_argument("--out", help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
-    apply_allocator_option(args, argv, parser)
+    args = parse_row_args(argv, __doc__.splitlines()[0], shapes=",".join(SHAPES), schemes=SCHEMES, repeats=100,
+                          schemes_help="comma-separated; tokens×hidden shapes take LayerNorm and RMSNorm only")
     rows = []
     for shape in args.shapes.split(","):
         picked = [s for s in args.schemes.split(",") if shape.count("x") == 3 or s in ROW_SCHEMES]
         if picked:
             rows += measure_rows(measure, shape, ",".join(picked), args.repeats)
-    print(pieces_table(rows, [
-        ("kernels f/j/u", "kernel_counts", "{}"), ("jaxnorm/flax", "ratio_fwd", "{:.2f}"),
-        ("untested/flax", "untested_over_flax", "{:.2f}"), ("test ms", "test_ms", "{:+.3f}"),
-    ]))
-    print("ms: forward under jit, medians of interleaved calls; ratios: medians of per-round ratios.\n"
-          "untested: jaxnorm with the conditioning test taken out (the well-conditioned branch,\n"
-          "the one these zero-mean inputs take). kernels: flax.linen / jaxnorm / untested, from\n"
-          "XLA's optimized HLO (jaxnorm's counts the branch that runs). test ms: jaxnorm - untested.")
-    if args.out:
-        write_json(args.out, rows, command="python benchmarks/forward_cost.py " + " ".join(sys.argv[1:]))
+    report(rows, [("kernels f/j/u", "kernel_counts", "{}"), ("jaxnorm/flax", "ratio_fwd", "{:.2f}"),
+                  ("untested/flax", "untested_over_flax", "{:.2f}"), ("test ms", "test_ms", "{:+.3f}")],
+           "ms: forward under jit, medians of interleaved calls; ratios: medians of per-round ratios.\n"
+           "untested: jaxnorm with the conditioning test taken out (the well-conditioned branch,\n"
+           "the one these zero-mean inputs take). kernels: flax.linen / jaxnorm / untested, from\n"
+           "XLA's optimized HLO (jaxnorm's counts the branch that runs). test ms: jaxnorm - untested.",
+           args.out, "forward_cost.py")
     return 0
 
 

@@ -23,16 +23,11 @@ allocator instead.
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.cases import batch_cases, batch_independent_cases
-from jaxnorm.bench.pieces import measure_rows, pieces_table, time_pieces
-from jaxnorm.bench.table import write_json
+from jaxnorm.bench.pieces import measure_rows, parse_row_args, report, time_pieces
 
 SHAPES = ("16x32x32x256", "8x64x64x64", "4x16x16x1280")
 SCHEMES = ("instance_norm", "group_norm", "batch_norm")
@@ -82,21 +77,13 @@ def measure(scheme: str, shape: tuple[int, ...], repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default=",".join(SHAPES))
-    parser.add_argument("--schemes", default=",".join(SCHEMES))
-    parser.add_argument("--repeats", type=int, default=30)
-    add_allocator_option(parser)
-    parser.add_argument("--out", help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
-    apply_allocator_option(args, argv, parser)
+    args = parse_row_args(argv, __doc__.splitlines()[0], shapes=",".join(SHAPES), schemes=",".join(SCHEMES),
+                          repeats=30)
     rows = measure_rows(measure, args.shapes, args.schemes, args.repeats)
-    print(pieces_table(rows, [("floor/flax", "kernel_floor_ratio", "{:.2f}"),
-                              ("jaxnorm/flax", "ratio_fwd_bwd", "{:.2f}")]))
-    print("ms: median under jit, each piece alone, interleaved with jaxnorm's and flax.linen's whole\n"
-          "forward+backward. floor: stats + sums + dx pass.")
-    if args.out:
-        write_json(args.out, rows, command="python benchmarks/set_kernel_cost.py " + " ".join(sys.argv[1:]))
+    report(rows, [("floor/flax", "kernel_floor_ratio", "{:.2f}"), ("jaxnorm/flax", "ratio_fwd_bwd", "{:.2f}")],
+           "ms: median under jit, each piece alone, interleaved with jaxnorm's and flax.linen's whole\n"
+           "forward+backward. floor: stats + sums + dx pass.",
+           args.out, "set_kernel_cost.py")
     return 0
 
 

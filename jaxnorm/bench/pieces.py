@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 import jax
 import jax.numpy as jnp
 
+from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.run import _flax_apply
-from jaxnorm.bench.table import format_table
+from jaxnorm.bench.table import format_table, write_json
 from jaxnorm.bench.timing import interleaved_medians
 
-__all__ = ["measure_rows", "pieces_table", "time_pieces"]
+__all__ = ["measure_rows", "parse_row_args", "pieces_table", "report", "time_pieces"]
 
 
 def time_pieces(pieces: dict, args: tuple, case, x, cot, *, repeats: int) -> dict[str, float]:
@@ -56,3 +60,29 @@ def pieces_table(rows: list[dict], extra_columns) -> str:
               **r} for r in rows]
     columns = [("scheme, shape", "row", "{}")] + [(n, f"ms {n}", "{:.3f}") for n in names] + list(extra_columns)
     return format_table(shown, columns)
+
+
+def report(rows: list[dict], extra_columns, legend: str, out: str | None, script: str) -> None:
+    """Print :func:`pieces_table` and ``legend``; with ``out``, also write the rows there as JSON.
+
+    The JSON's ``command`` is ``python benchmarks/{script}`` with this process's arguments.
+    """
+    print(pieces_table(rows, extra_columns))
+    print(legend)
+    if out:
+        write_json(out, rows, command=f"python benchmarks/{script} " + " ".join(sys.argv[1:]))
+
+
+def parse_row_args(argv, description: str, *, shapes: str, schemes: str, repeats: int,
+                   schemes_help: str | None = None) -> argparse.Namespace:
+    """The options every per-row cost script takes: ``--shapes``, ``--schemes``, ``--repeats``,
+    ``--allocator`` (applied here: ``steady`` re-executes the script) and ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--shapes", default=shapes)
+    parser.add_argument("--schemes", default=schemes, help=schemes_help)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    add_allocator_option(parser)
+    parser.add_argument("--out", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    apply_allocator_option(args, argv, parser)
+    return args
