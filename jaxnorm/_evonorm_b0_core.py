@@ -22,8 +22,8 @@ the weight JAX's ``max`` gives each side (1, 0, or 1/2 on ties)::
 It is a ``jax.custom_jvp`` made of JAX operations, linear in the tangents:
 JAX transposes it for reverse mode (per-IN-set sums of the cotangent, then
 one pass for ``dx``), and forward mode and higher orders keep working.
-Each term whose transpose is a reduction is formed in its own view
-(:mod:`jaxnorm._views`) and ``w`` comes from ``sign(L − R)``, which XLA:CPU
+In the CPU program each term whose transpose is a reduction is formed in
+its own view (:func:`jaxnorm._xla_cpu.view`) and ``w`` comes from ``sign(L − R)``, which XLA:CPU
 fuses into a reduction (a ``select`` it would store), so every reduction
 recomputes ``1/D`` and ``w`` from ``x``.
 """
@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._pooled import PooledSpec, frozen
+from jaxnorm._lowering import lower_per_platform
 from jaxnorm._remat import statistic
 from jaxnorm._stats import moments, pool_sets, tangent_sums
-from jaxnorm._views import unview, view
+from jaxnorm._xla_cpu import unview, view
 
 __all__ = ["b0_divide"]
 
@@ -90,7 +91,6 @@ def _b0_divide_jvp(spec, primals, tangents):
     y = y if scale is None else y * scale
     y = y if bias is None else y + bias
     batch_out = frozen(batch)
-    gamma = 1 if scale is None else scale
 
     # Per-IN-set sums of the tangent (their transposes join the dx pass).
     a_sum, b_sum = tangent_sums(x, x_dot, inst.shift, spec.instance())
@@ -102,34 +102,49 @@ def _b0_divide_jvp(spec, primals, tangents):
     else:
         half_batch = run_var_dot / 2
 
-    def sides(k):
-        """``(x, 1/D, w_L, w_R)`` in view ``k``."""
-        xk = view(x, k, x)
-        left_k, right_k = view(left, k, x), view(slope, k, x) * xk + view(root, k, x)
-        # 1, 1/2 or 0 as sign(L − R) is 1, 0 or −1: XLA:CPU fuses sign into
-        # its reductions, where it would store a select.
-        w_left = 0.5 * (1 + jnp.sign(left_k - right_k))
-        return xk, 1 / jnp.maximum(left_k, right_k), w_left, 1 - w_left
+    t = lower_per_platform(
+        x, left, root, slope, scale, half_batch, half_in, x_dot, slope_dot, scale_dot, bias_dot,
+        cpu=_tangent, accelerator=_tangent,
+    )
+    return (y, batch_out), (t, tuple(jnp.zeros_like(b) for b in batch_out))
 
+
+def _sides(x, left, root, slope, k):
+    """``(x, 1/D, w_L, w_R)`` in view ``k``."""
+    xk = view(x, k, x)
+    left_k, right_k = view(left, k, x), view(slope, k, x) * xk + view(root, k, x)
+    # 1, 1/2 or 0 as sign(L − R) is 1, 0 or −1: XLA:CPU fuses sign into
+    # its reductions, where it would store a select.
+    w_left = 0.5 * (1 + jnp.sign(left_k - right_k))
+    return xk, 1 / jnp.maximum(left_k, right_k), w_left, 1 - w_left
+
+
+def _tangent(x, left, root, slope, scale, half_batch, half_in, x_dot, slope_dot, scale_dot, bias_dot):
+    """``ẏ``, linear in ``(half_batch, half_in, x_dot, slope_dot, scale_dot, bias_dot)``.
+
+    ``half_*`` are the sources' ``σ̇²/2``. In the CPU program each term whose
+    transpose is a reduction is in a view of its own, so that each reduction
+    recomputes ``1/D`` and the side weights from ``x`` (shared, XLA:CPU would
+    store them).
+    """
+    gamma = 1 if scale is None else scale
     # dx side (view 1): γ/D·ẋ − γ·x·w_R·v/D²·ẋ
     g1 = view(x_dot, 1, x)
-    x1, inv1, _, w_right1 = sides(1)
+    x1, inv1, _, w_right1 = _sides(x, left, root, slope, 1)
     gamma1, slope1 = view(gamma, 1, x), view(slope, 1, x)
     t = unview((gamma1 * inv1 - gamma1 * x1 * w_right1 * slope1 * inv1 * inv1) * g1, x.shape)
-    # Output side: each term whose transpose is a reduction in a view of its
-    # own, so that each reduction recomputes 1/D and the side weights from x
-    # (shared, XLA:CPU would store them).
+
     def term(k, side, coefficient, times_x=False):
         """``−γ·x·w/D²·coefficient`` (times ``x`` again if asked) in view ``k``, ``w`` the side's weight."""
-        xk, inv, w_left, w_right = sides(k)
+        xk, inv, w_left, w_right = _sides(x, left, root, slope, k)
         w = w_left if side == "left" else w_right * xk if times_x else w_right
         return unview(-view(gamma, k, x) * xk * inv * inv * w * view(coefficient, k, x), x.shape)
 
     t = t + term(0, "left", half_batch / left) + term(2, "right", half_in / root)
     t = t + term(3, "right", slope_dot, times_x=True)
     if scale is not None:
-        x4, inv4, _, _ = sides(4)
+        x4, inv4, _, _ = _sides(x, left, root, slope, 4)
         t = t + unview(view(scale_dot, 4, x) * x4 * inv4, x.shape)
-    if bias is not None:
+    if bias_dot is not None:
         t = t + bias_dot
-    return (y, batch_out), (t, tuple(jnp.zeros_like(b) for b in batch_out))
+    return t

@@ -17,8 +17,9 @@ exact at large means). It is a ``jax.custom_jvp`` made of JAX operations
 and linear in the tangents: JAX transposes it for reverse mode (the per-set
 sums of the cotangent times ``x·σ``, the per-channel sum for ``v̄``, then one
 pass for ``dx``), and forward mode and higher orders keep working. The
-``ẋ`` side is computed in its own view (:mod:`jaxnorm._views`) so that each
-kernel recomputes ``σ(v·x)`` from ``x`` instead of XLA storing it.
+``ẋ`` side is computed in its own view in the CPU program
+(:func:`jaxnorm._xla_cpu.view`) so that each kernel recomputes ``σ(v·x)``
+from ``x`` instead of XLA:CPU storing it.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnorm._lowering import lower_per_platform
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Reduction, moments, tangent_sums
-from jaxnorm._views import unview, view
+from jaxnorm._xla_cpu import unview, view
 
 __all__ = ["s0_gate"]
 
@@ -60,25 +62,35 @@ def _s0_gate_jvp(reduction, epsilon, primals, tangents):
     x_dot, slope_dot = tangents
     mo = moments(x, reduction)
     r = statistic(lax.rsqrt(mo.var + epsilon))
-
-    def gated(k):
-        """``(x, σ(v·x))`` in view ``k``: each use recomputes the sigmoid (XLA would store a shared one)."""
-        xk = view(x, k, x)
-        return xk, jax.nn.sigmoid(view(slope, k, x) * xk)
-
-    x2, gate2 = gated(2)
-    z = unview(x2 * gate2 * view(r, 2, x), x.shape)
-
-    # ẋ's side in view 1: the per-set sums and the elementwise term (whose
-    # transposes are the cotangent's sums and the dx pass).
-    g1, x1 = view(x_dot, 1, x), view(x, 1, x)
+    z = lower_per_platform(x, slope, r, cpu=_output, accelerator=_output)
     a_sum, b_sum = tangent_sums(x, x_dot, mo.shift, reduction)
     r_dot = -(r * r * r) * (b_sum - mo.mean_shifted * a_sum) / jnp.maximum(mo.count, 1)
-    slope1 = view(slope, 1, x)
-    gate1 = jax.nn.sigmoid(slope1 * x1)
-    t = unview(view(r, 1, x) * (gate1 + slope1 * x1 * gate1 * (1 - gate1)) * g1, x.shape)
-    # The statistics' term in view 0, the slope's in view 3.
-    t = t + x * jax.nn.sigmoid(slope * x) * r_dot
-    x3, gate3 = gated(3)
-    t = t + unview(view(r, 3, x) * x3 * x3 * gate3 * (1 - gate3) * view(slope_dot, 3, x), x.shape)
+    t = lower_per_platform(x, slope, r, r_dot, x_dot, slope_dot, cpu=_tangent, accelerator=_tangent)
     return z, t
+
+
+def _gated(x, slope, k):
+    """``(x, σ(v·x))`` in view ``k``: each use recomputes the sigmoid (XLA:CPU would store a shared one)."""
+    xk = view(x, k, x)
+    return xk, jax.nn.sigmoid(view(slope, k, x) * xk)
+
+
+def _output(x, slope, r):
+    """``z = x·σ(v·x)·r``, in view 2 in the CPU program."""
+    x2, gate2 = _gated(x, slope, 2)
+    return unview(x2 * gate2 * view(r, 2, x), x.shape)
+
+
+def _tangent(x, slope, r, r_dot, x_dot, slope_dot):
+    """``ż``, linear in ``(r_dot, x_dot, slope_dot)``.
+
+    In the CPU program ẋ's side is in view 1 (its transpose is the dx pass),
+    the statistics' term in view 0 (the per-set sums), the slope's in view 3.
+    """
+    g1 = view(x_dot, 1, x)
+    x1, gate1 = _gated(x, slope, 1)
+    slope1 = view(slope, 1, x)
+    t = unview(view(r, 1, x) * (gate1 + slope1 * x1 * gate1 * (1 - gate1)) * g1, x.shape)
+    t = t + x * jax.nn.sigmoid(slope * x) * r_dot
+    x3, gate3 = _gated(x, slope, 3)
+    return t + unview(view(r, 3, x) * x3 * x3 * gate3 * (1 - gate3) * view(slope_dot, 3, x), x.shape)

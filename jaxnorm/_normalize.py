@@ -19,10 +19,10 @@ rule is linear in the tangents, so JAX transposes it for reverse mode (giving
 ``dx = γ·rstd·(g − E[g] − x̂·E[g·x̂])``), and it is itself made of JAX
 operations, so forward mode and every higher order keep working.
 
-The forward pass alone (never differentiated: the rule is) computes its
-output inside the branch of the statistics' ``lax.cond``
-(:func:`_forward_conditioned`), so that it compiles to flax.linen's kernels
-plus the conditioning test.
+The forward pass alone (never differentiated: the rule is) reads ``x``
+once for the statistics (:func:`jaxnorm._stats.moments`) and once for the
+output. The CPU program arranges it for XLA:CPU instead
+(:func:`jaxnorm._xla_cpu.conditioned_forward`).
 
 Reverse mode stores only ``x`` and the per-set statistics
 (``jax.checkpoint``) and recomputes ``x̂``, fused, in the backward pass. The
@@ -30,9 +30,11 @@ rule is written so that its transpose is the hand-derived backward with the
 fewest passes over the data (see ``_tangent_fine`` and ``_tangent_full``):
 per-set sums of ``g`` and ``x̂·g`` (taken once, and shared with ``dγ`` and
 ``dβ`` where the parameters are constant along some reduced axes), then one
-elementwise pass for ``dx``. Where two of those passes would share a
-full-size value, they compute it in different views (:mod:`jaxnorm._views`)
-so that XLA:CPU recomputes it rather than storing it.
+elementwise pass for ``dx``. The tangent map is traced for each platform
+(:func:`jaxnorm._lowering.lower_per_platform`): in the CPU program, where two
+of those passes would share a full-size value, they compute it in different
+views (:func:`jaxnorm._xla_cpu.view`) so that XLA:CPU recomputes it rather
+than storing it; elsewhere the views are the identity.
 """
 
 from __future__ import annotations
@@ -45,9 +47,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnorm import _xla_cpu
+from jaxnorm._lowering import lower_per_platform
 from jaxnorm._remat import STATISTICS, statistic
-from jaxnorm._stats import Reduction, compute_dtype, moments, on_conditioning, shifted_default
-from jaxnorm._views import few_sets, split_view, unview, view
+from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
+from jaxnorm._xla_cpu import few_sets, split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 
@@ -159,7 +163,16 @@ def _affine(spec, x, c, a, centre, bias):
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _normalize(spec, x, scale, bias, where):
     if where is None and spec.center and spec.shifted and spec.reduction.axis_name is None:
-        return _forward_conditioned(spec, x, scale, bias)
+        return lower_per_platform(
+            x, scale, bias,
+            cpu=functools.partial(_cpu_forward, spec),
+            accelerator=functools.partial(_forward, spec, where=None),
+        )
+    return _forward(spec, x, scale, bias, where)
+
+
+def _forward(spec, x, scale, bias, where):
+    """``(y, shift, mean_shifted, var, count)``: the statistics (one read of ``x``), then the output."""
     c, _, a, means, stats = _prepare(spec, x, scale, where)
     if where is None:
         y = _affine(spec, x, c, a, means.centre, bias)
@@ -168,35 +181,14 @@ def _normalize(spec, x, scale, bias, where):
     return (_finish(y, where, x.dtype),) + stats
 
 
-def _forward_conditioned(spec, x, scale, bias):
-    """The forward pass alone (never differentiated: the rule below is), output inside the conditioning branch.
-
-    :func:`jaxnorm._stats.on_conditioning` runs either branch whole: the
-    textbook one computes ``y = (x − μ)·(rstd·γ) + β`` from ``E[x]`` and
-    ``E[x²]``, the kernels flax.linen's forward runs; the exact one,
-    ``y`` from the shifted moments (:func:`_affine`). Computing ``y`` after
-    the ``lax.cond`` instead would give XLA:CPU a selection of two sets of
-    statistics to broadcast, and it then adds layout copies and a
-    subtraction per entry (``(x − shift) − mean_shifted``).
-    """
+def _cpu_forward(spec, x, scale, bias):
+    """The CPU program's forward: :func:`jaxnorm._xla_cpu.conditioned_forward` with this module's affine map."""
     xc = x.astype(compute_dtype(x.dtype))
     count = jnp.asarray(spec.reduction.size(x.shape), xc.dtype)
-
-    def coefficient(var):
-        rstd = lax.rsqrt(var + spec.epsilon)
-        return rstd if scale is None else rstd * scale
-
-    def textbook(mean, var):
-        y = (xc - mean) * coefficient(var)
-        y = y if bias is None else y + bias
-        return y, mean, jnp.zeros_like(mean), var
-
-    def shifted(mo):
-        centre = (mo.shift, mo.mean_shifted)
-        c = (xc - mo.shift) - mo.mean_shifted
-        return _affine(spec, x, c, coefficient(mo.var), centre, bias), mo.shift, mo.mean_shifted, mo.var
-
-    y, shift, mean_shifted, var = on_conditioning(xc, spec.reduction, count, textbook, shifted)
+    y, shift, mean_shifted, var = _xla_cpu.conditioned_forward(
+        xc, spec.reduction, count, spec.epsilon, scale, bias,
+        lambda mo, a: _affine(spec, x, (xc - mo.shift) - mo.mean_shifted, a, (mo.shift, mo.mean_shifted), bias),
+    )
     return (_finish(y, None, x.dtype), shift, mean_shifted, var, count)
 
 
@@ -209,21 +201,30 @@ def _normalize_jvp(spec, primals, tangents):
     c, rstd, a, means, stats = _prepare(spec, x, scale, None)
     y = _finish(_affine(spec, x, c, a, means.centre, bias), None, x.dtype)
     count = stats[3]
-    fine = _fine_axes(spec.reduction, scale, bias)
-    xhat = functools.partial(_xhat, spec, x.astype(c.dtype), means.centre, rstd)
-    g = x_dot.astype(c.dtype)
-    if fine:
-        t = _tangent_fine(spec, fine, g, x.astype(c.dtype), means.centre, rstd, a, count, scale_dot, bias_dot)
-    else:
-        t = _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot)
+    tangent = functools.partial(_tangent, spec)
+    t = lower_per_platform(
+        x, means.centre, rstd, count, scale, x_dot, scale_dot, bias_dot, cpu=tangent, accelerator=tangent
+    )
     zeros = tuple(jnp.zeros_like(s) for s in stats)
     return (y,) + stats, (_finish(t, None, x.dtype),) + zeros
+
+
+def _tangent(spec, x, centre, rstd, count, scale, x_dot, scale_dot, bias_dot):
+    """ẏ without a mask: linear in ``(x_dot, scale_dot, bias_dot)``, in the compute dtype."""
+    xc = x.astype(rstd.dtype)
+    a = rstd if scale is None else rstd * scale
+    fine = _fine_axes(spec.reduction, scale, bias_dot)  # bias_dot has bias's shape
+    g = x_dot.astype(rstd.dtype)
+    if fine:
+        return _tangent_fine(spec, fine, g, xc, centre, rstd, a, count, scale_dot, bias_dot)
+    xhat = functools.partial(_xhat, spec, xc, centre, rstd)
+    return _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot)
 
 
 def _xhat(spec, xc, centre, rstd, k):
     """``x̂ = ((x − shift) − mean_shifted) · rstd`` (``x · rstd`` uncentered), in view ``k``.
 
-    ``k = "split"`` is :func:`jaxnorm._views.split_view`.
+    ``k = "split"`` is :func:`jaxnorm._xla_cpu.split_view`.
     """
     shift, mean_shifted = centre
     if k == "split":
@@ -347,7 +348,7 @@ def _rstd_inner_spread(spec, g, xh, rstd, safe_count, kept, sets):
     full size first, so that in the transpose each per-set sum goes straight
     to the broadcast that uses it, with no elementwise op on the sums in
     between. For fewer than 4096 sets XLA:CPU would end its fused kernel at
-    such an op and store ``x̂`` and ``γ·rstd·g`` (:func:`jaxnorm._views.few_sets`);
+    such an op and store ``x̂`` and ``γ·rstd·g`` (:func:`jaxnorm._xla_cpu.few_sets`);
     this way the sums and ``dx`` stay one kernel.
 
     Args:

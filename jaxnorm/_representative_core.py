@@ -37,9 +37,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._pooled import PooledSpec, frozen
+from jaxnorm._lowering import lower_per_platform
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Moments, moments, pool_sets, tangent_sums
-from jaxnorm._views import unview, view
+from jaxnorm._xla_cpu import unview, view
 
 __all__ = ["rbn_affine"]
 
@@ -107,6 +108,11 @@ def _rbn_affine_jvp(spec, primals, tangents):
     (a, b, batch), (a_dot, b_dot, _) = jax.jvp(coefficients, (rel, tuple(params)), (rel_dot, tuple(param_dots)))
     a, b = statistic(a), statistic(b)
     y = (x - offset) * a + b
-    t = unview(view(a, 1, x) * view(x_dot, 1, x), x.shape) + (x - offset) * a_dot + b_dot
+    t = lower_per_platform(x, offset, a, x_dot, a_dot, b_dot, cpu=_tangent, accelerator=_tangent)
     batch_out = frozen(batch)
     return (y, batch_out), (t, tuple(jnp.zeros_like(t_) for t_ in batch_out))
+
+
+def _tangent(x, offset, a, x_dot, a_dot, b_dot):
+    """``ẏ = A·ẋ + Ȧ·(x − o) + Ḃ``; in the CPU program ``A·ẋ`` in view 1 (its transpose is the dx pass)."""
+    return unview(view(a, 1, x) * view(x_dot, 1, x), x.shape) + (x - offset) * a_dot + b_dot

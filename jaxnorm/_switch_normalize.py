@@ -35,9 +35,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._pooled import PooledSpec, frozen
+from jaxnorm._lowering import lower_per_platform
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Moments, Reduction, moments, pool_sets, tangent_sums
-from jaxnorm._views import unview, view
+from jaxnorm._xla_cpu import unview, view
 
 __all__ = ["MixSpec", "switch_normalize"]
 
@@ -142,9 +143,6 @@ def _switch_normalize_jvp(spec, primals, tangents):
     r = statistic(lax.rsqrt(_mix(w_var, src.var) + spec.epsilon))
     offset = _mix(w_mean, src.d)
 
-    # ẋ's side in view 1 (its transpose is the dx pass), the output's side in
-    # view 0 (its transpose is the per-IN-set sums), as in jaxnorm._normalize.
-    g1 = view(x_dot, 1, x)
     a_sum, b_sum = tangent_sums(x, x_dot, src.shift, spec.instance())
     mean_dot, half_var_dot = [], []
     for k, pool in enumerate(src.pools):
@@ -166,7 +164,15 @@ def _switch_normalize_jvp(spec, primals, tangents):
     v = -a * mu_dot
     if bias is not None:
         v = v + bias_dot
-    centred0 = (x - src.shift) - offset
-    t = centred0 * u + v + unview(view(a, 1, x) * g1, x.shape)
+    t = lower_per_platform(x, src.shift, offset, a, u, v, x_dot, cpu=_tangent, accelerator=_tangent)
     batch = frozen(src.batch)
     return (y, batch), (t, tuple(jnp.zeros_like(b) for b in batch))
+
+
+def _tangent(x, shift, offset, a, u, v, x_dot):
+    """``ẏ = ((x − s) − D)·u + v + a·ẋ``, linear in ``(u, v, x_dot)``.
+
+    In the CPU program ẋ's side is in view 1 (its transpose is the dx pass)
+    and the output's side in view 0 (its transpose is the per-IN-set sums).
+    """
+    return ((x - shift) - offset) * u + v + unview(view(a, 1, x) * view(x_dot, 1, x), x.shape)

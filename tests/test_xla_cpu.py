@@ -1,10 +1,11 @@
-"""Views (jaxnorm._views): reshapes that steer XLA:CPU's fusion and change no value."""
+"""XLA:CPU steering (jaxnorm._xla_cpu): views that change no value, the YNNPACK threshold, and what they buy."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnorm._views import split_view, unview, view
+from jaxnorm._lowering import tracing
+from jaxnorm._xla_cpu import split_view, unview, view
 
 
 @pytest.mark.parametrize("shape", [(16, 5, 3), (6, 8), (3, 5, 7), (4, 1, 9), (7,), (12, 2, 2, 4)])
@@ -14,6 +15,14 @@ def test_views_round_trip_and_broadcast_alike(shape):
     row = jnp.sum(x, axis=0, keepdims=True)                            # size 1 on axis 0
     views = [lambda t, k=k: view(t, k, x) for k in (0, 1, 2)] + [lambda t: split_view(t, x)]
     shapes = set()
+    with tracing("accelerator"):  # the identity outside the CPU program
+        assert all(v(x) is x for v in views)
+    with tracing("cpu"):
+        _check_views(x, stat, row, views, shapes)
+    assert len(shapes) == len(views), shapes  # each view a distinct HLO shape
+
+
+def _check_views(x, stat, row, views, shapes):
     for v in views:
         vx = v(x)
         shapes.add(vx.shape)
@@ -21,15 +30,17 @@ def test_views_round_trip_and_broadcast_alike(shape):
         np.testing.assert_array_equal(unview(vx, x.shape), x)
         # Arrays broadcastable to x stay broadcastable in the same view.
         np.testing.assert_array_equal(unview(vx - v(stat) + v(row), x.shape), x - stat + row)
-    assert len(shapes) == len(views), shapes  # each view a distinct HLO shape
 
 
 def test_few_sets_follows_the_ynnpack_element_threshold():
-    from jaxnorm._views import YNN_MIN_ELEMENTS, few_sets
+    from jaxnorm._xla_cpu import YNN_MIN_ELEMENTS, few_sets
 
     x = jnp.ones((2, 3))
-    assert few_sets(YNN_MIN_ELEMENTS - 1, x)
-    assert not few_sets(YNN_MIN_ELEMENTS, x)
+    with tracing("cpu"):
+        assert few_sets(YNN_MIN_ELEMENTS - 1, x)
+        assert not few_sets(YNN_MIN_ELEMENTS, x)
+    with tracing("accelerator"):
+        assert not few_sets(YNN_MIN_ELEMENTS - 1, x)
 
 
 @pytest.mark.parametrize("scheme, rows, moved", [

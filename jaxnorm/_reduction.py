@@ -1,0 +1,219 @@
+"""Reduction sets and their statistics' type: which entries share a mean and a variance.
+
+:class:`Reduction` names the sets (the axes summed over, optionally groups of
+channels, optionally across a named device axis), sums over them and samples
+a few entries of each; :class:`Moments` holds a set's statistics with the
+mean split as ``shift + mean_shifted``. Plain data and small helpers: the
+statistics themselves are computed in :mod:`jaxnorm._stats`. Uses JAX only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
+
+__all__ = ["Moments", "Reduction", "compute_dtype", "explicitly_sharded_axes", "take_along"]
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype statistics are accumulated in: ``dtype`` promoted to >= float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reduction:
+    """Which entries of an array share one set of statistics.
+
+    Entries that differ only along ``axes`` share statistics; so do entries
+    whose index along ``group_axis`` falls in the same of ``num_groups``
+    contiguous, equal groups. Statistics are returned with ``keepdims`` shapes
+    (size 1 along ``axes``, full size along ``group_axis``, each channel
+    holding its group's value), so they broadcast against the input.
+
+    Attributes:
+      axes: non-negative, sorted axes that are summed over (may be empty).
+      group_axis: an axis not in ``axes`` whose entries are pooled in groups,
+        or None.
+      num_groups: number of groups along ``group_axis``.
+      axis_name: a named axis (vmap, pmap, shard_map) the sets extend across.
+      axis_index_groups: as in ``lax.psum``.
+    """
+
+    axes: tuple[int, ...]
+    group_axis: int | None = None
+    num_groups: int = 1
+    axis_name: object = None
+    axis_index_groups: tuple | None = None
+
+    def local(self) -> Reduction:
+        """The same sets on this member only (no named axis)."""
+        return dataclasses.replace(self, axis_name=None, axis_index_groups=None)
+
+    def sum(self, *ts: jax.Array):
+        """Sum each ``t`` over its reduction sets, across ``axis_name`` too.
+
+        One array gives one sum; several give a tuple and cost a single
+        collective (their local sums are stacked before the ``psum``).
+        """
+        local = [self.local_sum(t) for t in ts]
+        if self.axis_name is not None:
+            if len(local) == 1:
+                local = [self._psum(local[0])]
+            else:
+                local = list(self._psum(jnp.stack(jnp.broadcast_arrays(*local))))
+        return local[0] if len(ts) == 1 else tuple(local)
+
+    def _psum(self, t):
+        return lax.psum(t, self.axis_name, axis_index_groups=self.axis_index_groups)
+
+    def local_sum(self, t: jax.Array) -> jax.Array:
+        """Sum ``t`` over each reduction set on this member only (no collective)."""
+        s = jnp.sum(t, self.axes, keepdims=True) if self.axes else t
+        if self.group_axis is None:
+            return s
+        ax = self.group_axis
+        shape = s.shape
+        split = shape[:ax] + (self.num_groups, shape[ax] // self.num_groups) + shape[ax + 1 :]
+        pooled = jnp.sum(s.reshape(split), ax + 1, keepdims=True)
+        return jnp.broadcast_to(pooled, split).reshape(shape)
+
+    def size(self, shape) -> int:
+        """Number of local entries in each reduction set of an array of ``shape``."""
+        n = math.prod(shape[a] for a in self.axes)
+        if self.group_axis is not None:
+            n *= shape[self.group_axis] // self.num_groups
+        return n
+
+    def first(self, x: jax.Array) -> jax.Array:
+        """One entry of each reduction set (its first), keepdims shape.
+
+        Sets with no entries (an axis of size 0) get 0.
+        """
+        if any(x.shape[a] == 0 for a in self.axes):
+            return jnp.zeros(self._kept_shape(x.shape), x.dtype)
+        for a in self.axes:
+            x = take_along(x, a, (0,))
+        if self.group_axis is None:
+            return x
+        ax = self.group_axis
+        shape = x.shape
+        split = shape[:ax] + (self.num_groups, shape[ax] // self.num_groups) + shape[ax + 1 :]
+        head = lax.slice_in_dim(x.reshape(split), 0, 1, axis=ax + 1)
+        return jnp.broadcast_to(head, split).reshape(shape)
+
+    def samples(self, x: jax.Array, where=None):
+        """A few entries of each set, spread over it: ``(values, selected)``.
+
+        Along every summed axis (and within every group) the first, middle
+        and last entries are taken (each shard's, for an explicitly sharded
+        axis), so each set gives up to ``3^k`` samples for ``k`` summed axes.
+        They are a handful of gathered entries, not a pass over ``x``.
+
+        Args:
+          x: the array.
+          where: None, or the mask broadcast to ``x``'s shape.
+
+        Returns:
+          ``(values, selected)`` with the keepdims shape of the statistics
+          plus a trailing sample axis; ``selected`` is None without a mask.
+        """
+        if any(x.shape[a] == 0 for a in self.axes):
+            shape = self._kept_shape(x.shape) + (1,)
+            return jnp.zeros(shape, x.dtype), (None if where is None else jnp.zeros(shape, bool))
+        arrays = [x] if where is None else [x, where]
+        for a in self.axes:
+            n = x.shape[a]
+            arrays = [take_along(t, a, tuple(sorted({0, n // 2, n - 1}))) for t in arrays]
+        # Label every axis: kept (statistics run along it), or sampled.
+        labels = ["sample" if a in self.axes else "kept" for a in range(x.ndim)]
+        if self.group_axis is not None:
+            ax, g = self.group_axis, self.num_groups
+            size = x.shape[ax] // g
+            positions = tuple(sorted({0, size // 2, size - 1}))
+            arrays = [
+                take_along(t.reshape(t.shape[:ax] + (g, size) + t.shape[ax + 1 :]), ax + 1, positions)
+                for t in arrays
+            ]
+            labels = labels[:ax] + ["group", "sample"] + labels[ax + 1 :]
+        kept = [i for i, lab in enumerate(labels) if lab != "sample"]
+        sampled = [i for i, lab in enumerate(labels) if lab == "sample"]
+        out = []
+        for t in arrays:
+            t = jnp.transpose(t, kept + sampled)
+            t = t.reshape(t.shape[: len(kept)] + (-1,))
+            if self.group_axis is not None:  # each group's samples, for each of its channels
+                gpos = [labels[i] for i in kept].index("group")
+                c = x.shape[self.group_axis]
+                t = jnp.expand_dims(t, gpos + 1)
+                t = jnp.broadcast_to(t, t.shape[: gpos + 1] + (c // self.num_groups,) + t.shape[gpos + 2 :])
+                t = t.reshape(t.shape[:gpos] + (c,) + t.shape[gpos + 2 :])
+            out.append(t.reshape(self._kept_shape(x.shape) + (t.shape[-1],)))
+        return out[0], (out[1] if where is not None else None)
+
+    def _kept_shape(self, shape) -> tuple[int, ...]:
+        return tuple(1 if a in self.axes else n for a, n in enumerate(shape))
+
+
+def explicitly_sharded_axes(x) -> tuple:
+    """The partition spec of ``x``'s type (explicit sharding), or ``()``."""
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    return tuple(spec) if spec is not None else ()
+
+
+def take_along(x: jax.Array, axis: int, positions: tuple[int, ...]) -> jax.Array:
+    """The entries at ``positions`` along ``axis`` (static), also for explicitly sharded axes.
+
+    An axis sharded over D devices in the array's type (explicit sharding)
+    cannot be sliced directly: it is split as (D, n/D), each shard's entries
+    at the same relative positions kept, and that small array made
+    replicated along the axis.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", None)
+    names = spec[axis] if spec is not None and axis < len(spec) else None
+    if names is None:
+        parts = [lax.slice_in_dim(x, p, p + 1, axis=axis) for p in positions]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+    names = names if isinstance(names, tuple) else (names,)
+    shards = math.prod(sharding.mesh.shape[n] for n in names)
+    shape = x.shape
+    per_shard = shape[axis] // shards
+    local = tuple(sorted({min(p, per_shard - 1) for p in positions})) if len(positions) > 1 else (0,)
+    heads = x.reshape(shape[:axis] + (shards, per_shard) + shape[axis + 1 :])
+    heads = jnp.concatenate([lax.slice_in_dim(heads, p, p + 1, axis=axis + 1) for p in local], axis=axis + 1)
+    spec = tuple(spec) + (None,) * (x.ndim - len(spec))
+    replicated = PartitionSpec(*(spec[:axis] + (None, None) + spec[axis + 1 :]))
+    heads = jax.sharding.reshard(heads, NamedSharding(sharding.mesh, replicated))
+    if len(positions) == 1:
+        return lax.slice_in_dim(heads, 0, 1, axis=axis).reshape(shape[:axis] + (1,) + shape[axis + 1 :])
+    return heads.reshape(shape[:axis] + (shards * len(local),) + shape[axis + 1 :])
+
+
+class Moments(NamedTuple):
+    """Statistics of each reduction set, keepdims shapes, compute dtype.
+
+    The mean is split as ``shift + mean_shifted`` so that ``x − mean`` can be
+    formed exactly as ``(x − shift) − mean_shifted``.
+
+    Attributes:
+      shift: a value close to the mean (no gradient); zero when uncentered.
+      mean_shifted: ``E[x − shift]``; zero when uncentered.
+      var: ``E[(x − mean)²]`` (biased), or ``E[x²]`` when uncentered.
+      count: entries in each set (float), after masking; may be 0.
+    """
+
+    shift: jax.Array
+    mean_shifted: jax.Array
+    var: jax.Array
+    count: jax.Array
+
+    @property
+    def mean(self) -> jax.Array:
+        """The mean itself, ``shift + mean_shifted`` (rounded once)."""
+        return self.shift + self.mean_shifted
