@@ -1135,23 +1135,33 @@ def assemble(args, stages: dict, *, started: str, t0: float, command: str, finis
 # ------------------------------------------------------------------ summary
 
 
+CELL = 10  # "2.50  83%": TB/s and % of the copy bandwidth
+
+
 def _pct(perf: dict | None) -> str:
     if not perf:
-        return "    n/a    "
+        return f"{'n/a':^{CELL}s}"
     frac = perf.get("frac_copy")
-    return f"{perf['tb_s']:5.2f} {100 * frac:3.0f}%" if frac is not None else f"{perf['tb_s']:5.2f}     "
+    return f"{perf['tb_s']:5.2f} {100 * frac:3.0f}%" if frac is not None else f"{perf['tb_s']:5.2f}".ljust(CELL)
 
 
 def _row_line(row: dict) -> str:
     impls = ("triton", "xla", "flax")
 
     def cells(mode):
-        return " ".join(_pct(row[mode].get(k)) if k in row["implementations"] else "     -     " for k in impls)
+        return " ".join(_pct(row[mode].get(k)) if k in row["implementations"] else f"{'-':^{CELL}s}" for k in impls)
 
     err = (row.get("errors", {}).get("triton_vs_xla") or {}).get("max")
     err_text = "n/a" if err is None else f"{err:.0e}" + ("!" if row.get("error_flag") else "")
     label = row["label"] + (" [L2]" if row.get("regime") == "l2" else "")
     return f"{label:36s} {row['size_mb']:6.1f} | {cells('fwd')} | {cells('fwd_bwd')} | {err_text}"
+
+
+def _table_header() -> list[str]:
+    names = " ".join(f"{k:>{CELL}s}" for k in ("triton", "xla", "flax"))
+    width = len(names)
+    return [f"{'':36s} {'':6s} | {'forward':^{width}s} | {'forward+backward':^{width}s} |",
+            f"{'row':36s} {'MB':>6s} | {names} | {names} | err t-x"]
 
 
 def _stage_text(name: str, entry: dict, payload: dict) -> str:
@@ -1201,6 +1211,8 @@ def format_summary(payload: dict, json_paths: list[str]) -> str:
         if entry.get("error") and entry["status"] != "ok":
             lines.append(f"{'':10s} error: {entry['error'][:150]}")
     tests = (payload["stages"].get("tests") or {}).get("result") or {}
+    for file, counts in list((tests.get("by_file") or {}).items())[:4]:
+        lines.append(f"  {file}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     for failure in tests.get("failures", [])[:8]:
         lines.append(f"  {failure[:150]}")
     if len(tests.get("failures", [])) > 8:
@@ -1210,8 +1222,7 @@ def format_summary(payload: dict, json_paths: list[str]) -> str:
         copy = payload["copy_bandwidth"].get("tb_s") or float("nan")
         lines.append(f"timings: achieved TB/s and % of copy bandwidth ({copy:.2f} TB/s), median; "
                      f"[L2]: x < 50 MB, launch-bound")
-        head = " ".join(f"{k:^11s}" for k in ("triton", "xla", "flax"))
-        lines.append(f"{'row':36s} {'MB':>6s} | {'fwd: ' + head:s} | {'fwd+bwd: ' + head} | err t-x")
+        lines += _table_header()
         lines += [_row_line(r) for r in rows]
     for label in payload.get("skipped_rows", []):
         lines.append(f"{label:36s} skipped: no time left in the stage's budget")

@@ -316,7 +316,9 @@ def _payload(rows, failures=(), skipped=()):
                 "result": {"backend": "gpu", "triton_launcher": "gpu"}},
         "tests": {"status": "ok", "seconds": 120, "budget_s": 150, "error": None,
                   "result": {"counts": {k: 0 for k in gc.COUNT_KEYS} | {"passed": 140, "failed": len(failures)},
-                             "complete": True, "failures": list(failures)}},
+                             "complete": True, "failures": list(failures),
+                             "by_file": {"tests/test_gpu_numerics.py": {"passed": 120, "failed": len(failures)},
+                                         "tests/test_triton_dispatch.py": {"passed": 20}}}},
         "host_sync": {"status": "failed", "seconds": 3, "budget_s": 60, "error": "RuntimeError: no CUPTI",
                       "result": None},
         "timings": {"status": "ok", "seconds": 150, "budget_s": 190, "error": None,
@@ -342,6 +344,7 @@ def test_summary_fits_one_screen_and_says_what_matters():
     assert re.search(r"^host_sync\s+failed\s+3s\s+60s", text, re.M)
     assert "error: RuntimeError: no CUPTI" in text
     assert "140 passed, 11 failed" in text and "... 3 more failures" in text
+    assert "  tests/test_gpu_numerics.py: 120 passed, 11 failed" in text
     assert "group_norm NHWC 2x8x8x1280 bf16 [L2]" in text and "3e-03!" in text
     assert " 2.50  83%" in text and "copy bandwidth (3.01 TB/s)" in text
     assert "rms_norm tokens 4096x8192 bf16       skipped: no time left" in text
