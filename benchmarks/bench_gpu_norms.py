@@ -47,8 +47,13 @@ unsupported), its columns read "n/a" and the reason is printed once.
     python benchmarks/bench_gpu_norms.py [--quick] [--out benchmarks/results/norms_gpu.json]
 
 ``--quick`` runs two small shapes with few repetitions (a CPU smoke test);
-``--only REGEX`` keeps the rows whose label matches; ``--reps`` and
-``--target-ms`` change the repetitions and the batch duration.
+``--anchors`` only the anchor shapes (bf16 NHWC GroupNorm and LLM
+LayerNorm/RMSNorm: what ``benchmarks/gpu_check.py`` times, through
+:func:`anchor_cases` and :func:`run_case` of this file); ``--only REGEX``
+keeps the rows whose label matches; ``--reps`` and ``--target-ms`` change
+the repetitions and the batch duration. Without jaxnorm installed (the lent
+GPU machines), run ``benchmarks/gpu_check.py`` instead, which imports this
+tree's jaxnorm and kernels itself.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxnorm
-from jaxnorm.bench.gpu_timing import Timing, copy_bandwidth, interleaved_batches
+from jaxnorm.bench.gpu_timing import Timing, achieved, copy_bandwidth, ideal_bytes, interleaved_batches
 from jaxnorm.bench.progress import Progress
 from jaxnorm.bench.table import write_json
 
@@ -91,6 +96,10 @@ SD_UNET = [
 VAE = [(1, 256, 256, 512), (1, 512, 512, 128)]
 # LLM activations (tokens, hidden), bf16.
 LLM = [(4096, 4096), (8192, 8192), (32768, 4096), (16384, 8192)]
+# The anchor shapes of issue 21 / ANCHORS.md (what benchmarks/gpu_check.py times):
+# Stable Diffusion UNet GroupNorm, bf16 NHWC, and LLM LayerNorm/RMSNorm, bf16.
+ANCHOR_CNN = [(2, 64, 64, 320), (2, 32, 32, 640), (2, 16, 16, 1280), (2, 8, 8, 1280)]
+ANCHOR_LLM = [(8192, 4096), (4096, 8192)]
 # --quick: one small CNN shape and one small token shape.
 QUICK_CNN = (2, 16, 16, 128)
 QUICK_TOKENS = (512, 1024)
@@ -200,6 +209,19 @@ def full_cases() -> list[Case]:
     return cases
 
 
+def anchor_cases() -> list[Case]:
+    """The anchor shapes, bf16, NHWC GroupNorm and LayerNorm/RMSNorm, interleaved so
+    that a run cut short by its time budget still has rows of every family."""
+    gn = [group_norm_case(s, "bfloat16") for s in ANCHOR_CNN]
+    tokens = [c for s in ANCHOR_LLM for c in (layer_norm_case(s, "bfloat16"), rms_norm_case(s, "bfloat16"))]
+    return [tokens[0], tokens[1], gn[0], gn[1], tokens[2], tokens[3], gn[2], gn[3]]
+
+
+def tiny_cases() -> list[Case]:
+    """One CPU-sized row (``gpu_check.py --dry-run``: the control flow, not the numbers)."""
+    return [layer_norm_case((64, 256), "bfloat16")]
+
+
 def quick_cases() -> list[Case]:
     return group_norm_cases(QUICK_CNN, "float32") + [
         layer_norm_case(QUICK_TOKENS, "bfloat16"), rms_norm_case(QUICK_TOKENS, "bfloat16")]
@@ -305,11 +327,10 @@ def _rotating(fn, inputs: Inputs, with_w: bool) -> Callable[[int], object]:
     return lambda i: fn(xs[i % n], s, b)
 
 
-def _performance(t: Timing | None, ideal_bytes: int, copy_tb_s: float) -> dict | None:
+def _performance(t: Timing | None, nbytes: int, copy_tb_s: float) -> dict | None:
     if t is None:
         return None
-    tb_s = ideal_bytes / t.median_s / 1e12
-    return t.to_json() | {"tb_s": tb_s, "frac_copy": tb_s / copy_tb_s}
+    return t.to_json() | achieved(t.median_s, nbytes, copy_tb_s)
 
 
 def _ratio(num: dict | None, den: dict | None) -> float | None:
@@ -349,8 +370,9 @@ def run_case(case: Case, *, reps: int, target_s: float, pool_mb: float,
     fb_t = interleaved_batches([_rotating(fb[k], inputs, True) for k in fb], reps=reps, target_s=target_s)
     fwd_t, fb_t = dict(zip(fwd_names, fwd_t)), dict(zip(fb, fb_t))
 
-    e, itemsize = math.prod(case.shape), jnp.dtype(case.dtype).itemsize
-    ideal = {"fwd": 2 * e * itemsize, "fwd_bwd": 5 * e * itemsize}
+    sizes = ideal_bytes(case.shape, case.dtype)
+    e = sizes["elements"]
+    ideal = {"fwd": sizes["fwd"], "fwd_bwd": sizes["fwd_bwd"]}
     perf = {
         "fwd": {k: _performance(fwd_t.get(k), ideal["fwd"], copy_tb_s) for k in case.impls},
         "fwd_bwd": {k: _performance(fb_t.get(k), ideal["fwd_bwd"], copy_tb_s) for k in case.impls},
@@ -368,7 +390,7 @@ def run_case(case: Case, *, reps: int, target_s: float, pool_mb: float,
         "regime": "hbm" if size_mb >= L2_MB else "l2",
         "rotating_buffers": len(inputs.xs),
         "ideal_bytes": ideal,
-        "copy_same_size": copy_same.to_json() | {"tb_s": 2 * case.nbytes / copy_same.median_s / 1e12},
+        "copy_same_size": copy_same.to_json() | {"tb_s": achieved(copy_same.median_s, 2 * case.nbytes, None)["tb_s"]},
         "implementations": list(case.impls),
         "unavailable": {k: v for k, v in status.items() if v is not None},
         **perf,
@@ -461,6 +483,8 @@ def print_tables(rows: list[dict], copy: dict) -> None:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two small shapes, few reps (CPU smoke test)")
+    parser.add_argument("--anchors", action="store_true",
+                        help="only the anchor shapes (bf16 GroupNorm NHWC, LayerNorm/RMSNorm), as gpu_check.py")
     parser.add_argument("--out", default="benchmarks/results/norms_gpu.json")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20; --quick 3)")
     parser.add_argument("--target-ms", type=float, default=20.0, help="minimum duration of a timed batch")
@@ -475,7 +499,7 @@ def main(argv=None) -> int:
     copy_mib = args.copy_mib or (64 if args.quick else 1024)
     pool_mb = 8 if args.quick else ROTATE_POOL_MB
     target_s = args.target_ms / 1e3
-    cases = quick_cases() if args.quick else full_cases()
+    cases = quick_cases() if args.quick else anchor_cases() if args.anchors else full_cases()
     if args.only:
         cases = [c for c in cases if re.search(args.only, c.label)]
 

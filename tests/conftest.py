@@ -23,3 +23,8 @@ jax.config.update("jax_enable_x64", True)
 # tensors; the variable must be set before triton is first imported.
 if jax.default_backend() != "gpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "gpu: needs an NVIDIA GPU (skipped elsewhere); benchmarks/gpu_check.py runs these on one")

@@ -13,6 +13,10 @@ Callables take the call's index ``i``; a caller that wants to defeat the L2
 cache rotates among several input buffers with it (``xs[i % len(xs)]``).
 Only the last call's output of a batch is kept alive; on one in-order device
 stream its completion implies that of the others.
+
+Bandwidth: :func:`ideal_bytes` is the unavoidable traffic of a normalization
+(ANCHORS.md's byte model) and :func:`achieved` turns a time into TB/s and a
+fraction of a copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["Timing", "batch_seconds", "calibrate_k", "copy_bandwidth", "interleaved_batches"]
+__all__ = ["Timing", "achieved", "batch_seconds", "calibrate_k", "copy_bandwidth", "ideal_bytes",
+           "interleaved_batches"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,3 +131,31 @@ def copy_bandwidth(nbytes: int, *, reps: int, target_s: float = 0.02, dtype=jnp.
         "k": t.k,
         "reps": t.reps,
     }
+
+
+def ideal_bytes(shape: Sequence[int], dtype) -> dict:
+    """The fewest bytes a normalization of ``shape`` in ``dtype`` must move.
+
+    For E elements of b bytes (per-channel scale, bias and statistics
+    ignored): the forward reads x and writes y, ``2·E·b``; the backward reads
+    x and dy and writes dx, ``3·E·b``; a forward+backward step (the forward's
+    y is kept, as in training) ``5·E·b``.
+
+    Returns:
+      ``{"elements": E, "itemsize": b, "fwd": 2Eb, "bwd": 3Eb, "fwd_bwd": 5Eb}``.
+    """
+    elements = math.prod(int(d) for d in shape)
+    itemsize = np.dtype(jnp.dtype(dtype)).itemsize
+    if elements <= 0 or any(int(d) < 0 for d in shape):
+        raise ValueError(f"ideal_bytes: shape {tuple(shape)} has no elements")
+    return {"elements": elements, "itemsize": itemsize, "fwd": 2 * elements * itemsize,
+            "bwd": 3 * elements * itemsize, "fwd_bwd": 5 * elements * itemsize}
+
+
+def achieved(seconds: float, nbytes: int, copy_tb_s: float | None) -> dict:
+    """``nbytes`` moved in ``seconds``: TB/s (1e12 bytes/s) and the fraction of ``copy_tb_s``."""
+    if not seconds > 0:
+        raise ValueError(f"achieved: time must be positive, got {seconds!r}")
+    tb_s = nbytes / seconds / 1e12
+    frac = tb_s / copy_tb_s if copy_tb_s else None
+    return {"tb_s": tb_s, "frac_copy": frac}
