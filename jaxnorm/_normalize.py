@@ -51,7 +51,6 @@ from jaxnorm import _xla_cpu
 from jaxnorm._lowering import lower_per_platform
 from jaxnorm._remat import STATISTICS, statistic
 from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
-from jaxnorm._xla_cpu import few_sets, split_view, unview, view
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 
@@ -201,168 +200,51 @@ def _normalize_jvp(spec, primals, tangents):
     c, rstd, a, means, stats = _prepare(spec, x, scale, None)
     y = _finish(_affine(spec, x, c, a, means.centre, bias), None, x.dtype)
     count = stats[3]
-    tangent = functools.partial(_tangent, spec)
     t = lower_per_platform(
-        x, means.centre, rstd, count, scale, x_dot, scale_dot, bias_dot, cpu=tangent, accelerator=tangent
+        x, means.centre, rstd, count, scale, x_dot, scale_dot, bias_dot,
+        cpu=functools.partial(_xla_cpu.normalize_tangent, spec.reduction, spec.center),
+        accelerator=functools.partial(_tangent, spec),
     )
     zeros = tuple(jnp.zeros_like(s) for s in stats)
     return (y,) + stats, (_finish(t, None, x.dtype),) + zeros
 
 
 def _tangent(spec, x, centre, rstd, count, scale, x_dot, scale_dot, bias_dot):
-    """ẏ without a mask: linear in ``(x_dot, scale_dot, bias_dot)``, in the compute dtype."""
-    xc = x.astype(rstd.dtype)
-    a = rstd if scale is None else rstd * scale
-    fine = _fine_axes(spec.reduction, scale, bias_dot)  # bias_dot has bias's shape
-    g = x_dot.astype(rstd.dtype)
-    if fine:
-        return _tangent_fine(spec, fine, g, xc, centre, rstd, a, count, scale_dot, bias_dot)
-    xhat = functools.partial(_xhat, spec, xc, centre, rstd)
-    return _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot)
+    """ẏ without a mask (the accelerator program), linear in ``(x_dot, scale_dot, bias_dot)``.
 
+    With ``d = x − shift`` (exact), ``m = mean_shifted`` and per-set
+    ``P = rstd·E[ẋ]`` and ``Q = rstd²·E[x̂·ẋ] = rstd³·(E[d·ẋ] − m·E[ẋ])``::
 
-def _xhat(spec, xc, centre, rstd, k):
-    """``x̂ = ((x − shift) − mean_shifted) · rstd`` (``x · rstd`` uncentered), in view ``k``.
+        ẏ = γ·(rstd·ẋ − d·Q + (m·Q − P)) + x̂·γ̇ + β̇
 
-    ``k = "split"`` is :func:`jaxnorm._xla_cpu.split_view`.
-    """
-    shift, mean_shifted = centre
-    if k == "split":
-        v = functools.partial(split_view, like=xc)
-    else:
-        v = functools.partial(view, k=k, like=xc)
-    c = (v(xc) - v(shift)) - v(mean_shifted) if spec.center else v(xc)
-    return c * v(rstd)
-
-
-def _fine_axes(reduction, scale, bias) -> tuple[int, ...]:
-    """Reduced axes along which ``scale`` and ``bias`` are constant."""
-    return tuple(
-        ax for ax in reduction.axes
-        if all(p is None or jnp.shape(p)[ax] == 1 for p in (scale, bias))
-    )
-
-
-def _tangent_fine(spec, fine, g, xc, centre, rstd, a, count, scale_dot, bias_dot):
-    """ẏ when ``a = γ·rstd`` is constant along the ``fine`` reduced axes (BN, GN, IN).
-
-    Written as ``ẏ = a·ẋ + x̂·U + V`` with ``U = γ̇ − a·E[x̂·ẋ]`` and
-    ``V = β̇ − a·E[ẋ]`` of the "fine" shape (1 along ``fine``), so that its
-    transpose sums ``g`` and ``x̂·g`` over ``fine`` once, and both the
-    parameters' gradients and the per-set means come from those partials.
-    ``x̂`` enters only as ``d = x − shift`` with per-set factors
-    (``x̂ = d·rstd − mean_shifted·rstd``): ``x̂·U = d·(rstd·U) − mean_shifted·rstd·U``
-    and ``E[x̂·ẋ] = rstd·(E[d·ẋ] − mean_shifted·E[ẋ])``. ``d`` is exact, and
-    ``mean_shifted`` is of the order of the spread (the mean's distance from
-    one entry of the set; 0 for the textbook moments), as in the shifted
-    moments themselves, so nothing cancels beyond what they allow; each pass
-    does two operations fewer than with ``x̂`` itself (GroupNorm's sums keep
-    ``x̂``; see the code).
-
-    Args:
-      xc: ``x`` in the compute dtype; ``centre``: ``(shift, mean_shifted)``;
-        ``rstd``: per set. The rest as in :func:`_tangent_full`.
+    which is ``γ·rstd·(ẋ − E[ẋ] − x̂·E[x̂·ẋ]) + x̂·γ̇ + β̇`` with every per-set
+    factor applied after its broadcast. Its transpose (reverse mode) then
+    sums ``γ·g`` and ``γ·d·g`` per set, which need no statistics (``d``
+    comes from the sampled shift), so they share a read of ``(x, g)`` with
+    the forward's statistics when both are in one program; ``dx`` and
+    ``dγ`` follow in one more pass. Uncentered (RMSNorm): ``d = x``, ``m = 0``,
+    no ``P``. ``d`` and ``m`` are of the order of the spread, so nothing
+    cancels at large means.
     """
     r = spec.reduction
-    rest = dataclasses.replace(r, axes=tuple(ax for ax in r.axes if ax not in fine))
-    shape = tuple(1 if ax in fine else n for ax, n in enumerate(g.shape))
-    safe_count = jnp.maximum(count, 1)
-    shift, mean_shifted = centre
-
-    def fine_sum(t):
-        return jnp.sum(unview(t, g.shape), fine, keepdims=True)
-
-    def d(k):  # x − shift (x uncentered) in view k
-        return view(xc, k, g) - view(shift, k, g) if spec.center else view(xc, k, g)
-
-    # ẋ's side in view 1 (its transpose is the dx fusion), the outputs' side
-    # in view 0 (its transpose is the sums over ``fine``).
-    g1 = view(g, 1, g)
+    shift, m = centre
+    xc, g = x.astype(rstd.dtype), x_dot.astype(rstd.dtype)
+    n = jnp.maximum(count, 1)
+    d = xc - shift if spec.center else xc
     if spec.center:
-        sum_dg, sum_g = rest.sum(fine_sum(d(1) * g1), fine_sum(g1))
-        mean_g = sum_g / safe_count
-        mean_gx = rstd * (sum_dg / safe_count - mean_shifted * mean_g)
+        sum_dg, sum_g = r.sum(d * g, g)
+        p = rstd * sum_g / n
+        q = rstd * rstd * rstd * (sum_dg - m * sum_g) / n
+        inner = rstd * g - d * q + (m * q - p)
     else:
-        mean_gx, mean_g = rstd * (rest.sum(fine_sum(d(1) * g1)) / safe_count), None
-    u = -a * mean_gx
-    # The barriers keep XLA from merging, in the transpose, the sum over the
-    # remaining axes into the sum over ``fine`` (which would leave x̂·g to be
-    # summed twice, and stored in between).
+        q = rstd * rstd * rstd * r.sum(d * g) / n
+        inner = rstd * g - d * q
+    t = inner if scale is None else scale * inner
     if scale_dot is not None:
-        u = u + lax.optimization_barrier(jnp.broadcast_to(scale_dot, shape))
-    v = -a * mean_g if spec.center else None
-    if r.group_axis is None:
-        ru = rstd * u
-        t = d(0) * ru
-        if spec.center:
-            v = v - mean_shifted * ru
-    else:
-        # With groups (GroupNorm) the sums side keeps x̂ itself: folded, it
-        # measured 13% slower at 16×32×32×256 (3–8% faster on the smaller
-        # benchmark shapes), where the unfolded one beats flax.linen.
-        t = (((d(0) - mean_shifted) if spec.center else d(0)) * rstd) * u
-    if bias_dot is not None:
-        bias_dot = lax.optimization_barrier(jnp.broadcast_to(bias_dot, shape))
-        v = bias_dot if v is None else v + bias_dot
-    if v is not None:
-        t = t + v
-    return t + unview(view(a, 1, g) * g1, g.shape)
-
-
-def _tangent_full(spec, g, xhat, rstd, scale, count, scale_dot, bias_dot):
-    """ẏ when ``γ`` varies along every reduced axis (LayerNorm, RMSNorm).
-
-    ``ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[x̂·ẋ]) + x̂·γ̇ + β̇``; its transpose is one
-    fusion of per-set sums and ``dx``, and a separate (differently viewed)
-    sum for ``dγ``. With fewer than 4096 sets on XLA:CPU the per-set factors
-    are applied at full size (:func:`_rstd_inner_spread`) to keep that fusion.
-    """
-    safe_count = jnp.maximum(count, 1)
-    xh = xhat(0)
-    r = spec.reduction
-    kept = tuple(ax for ax in range(g.ndim) if ax not in r.axes)
-    sets = tuple(g.shape[ax] for ax in kept)
-    if r.group_axis is None and r.axis_name is None and few_sets(math.prod(sets), g):
-        core = _rstd_inner_spread(spec, g, xh, rstd, safe_count, kept, sets)
-        t = core if scale is None else scale * core
-    else:
-        if spec.center:
-            sums = r.sum(xh * g, g)
-            mean_gx, mean_g = (s / safe_count for s in sums)
-            inner = g - mean_g - xh * mean_gx
-        else:
-            inner = g - xh * (r.sum(xh * g) / safe_count)
-        t = rstd * inner if scale is None else (rstd * scale) * inner
-    if scale_dot is not None:
-        # Split, not unit axes: this sum runs over the leading axes.
-        t = t + unview(xhat("split") * split_view(scale_dot, g), g.shape)
+        t = t + ((d - m) * rstd if spec.center else d * rstd) * scale_dot
     if bias_dot is not None:
         t = t + bias_dot
     return t
-
-
-def _rstd_inner_spread(spec, g, xh, rstd, safe_count, kept, sets):
-    """``rstd·(ẋ − E[ẋ] − x̂·E[x̂·ẋ])`` with every per-set factor on a full-size operand.
-
-    Written ``rstd·ẋ + (x̂·k)·Σẋx̂ + k·Σẋ`` with ``k = −rstd/n`` spread to
-    full size first, so that in the transpose each per-set sum goes straight
-    to the broadcast that uses it, with no elementwise op on the sums in
-    between. For fewer than 4096 sets XLA:CPU would end its fused kernel at
-    such an op and store ``x̂`` and ``γ·rstd·g`` (:func:`jaxnorm._xla_cpu.few_sets`);
-    this way the sums and ``dx`` stay one kernel.
-
-    Args:
-      kept: the axes not reduced over; ``sets``: their sizes.
-    """
-    def spread(t):  # per set (keepdims shape) -> full size, without unit axes in between
-        return lax.broadcast_in_dim(jnp.reshape(t, sets), g.shape, kept)
-
-    def summed(t):
-        return lax.broadcast_in_dim(jnp.sum(t, spec.reduction.axes), g.shape, kept)
-
-    k = spread(-rstd / safe_count)
-    out = spread(rstd) * g + (xh * k) * summed(xh * g)
-    return out + k * summed(g) if spec.center else out
 
 
 def _masked_jvp(spec, primals, tangents):

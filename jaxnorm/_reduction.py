@@ -111,9 +111,10 @@ class Reduction:
         """A few entries of each set, spread over it: ``(values, selected)``.
 
         Along every summed axis (and within every group) the first, middle
-        and last entries are taken (each shard's, for an explicitly sharded
-        axis), so each set gives up to ``3^k`` samples for ``k`` summed axes.
-        They are a handful of gathered entries, not a pass over ``x``.
+        and last entries are taken (five, at quarters, when one axis is
+        summed; each shard's, for an explicitly sharded axis), so each set
+        gives up to ``3^k`` samples for ``k`` summed axes. They are a handful
+        of gathered entries, not a pass over ``x``.
 
         Args:
           x: the array.
@@ -127,17 +128,17 @@ class Reduction:
             shape = self._kept_shape(x.shape) + (1,)
             return jnp.zeros(shape, x.dtype), (None if where is None else jnp.zeros(shape, bool))
         arrays = [x] if where is None else [x, where]
+        # Five positions along a single summed axis (rows), three along each of several.
+        spread = _spread5 if len(self.axes) == 1 and self.group_axis is None else _spread3
         for a in self.axes:
-            n = x.shape[a]
-            arrays = [take_along(t, a, tuple(sorted({0, n // 2, n - 1}))) for t in arrays]
+            arrays = [take_along(t, a, spread(x.shape[a])) for t in arrays]
         # Label every axis: kept (statistics run along it), or sampled.
         labels = ["sample" if a in self.axes else "kept" for a in range(x.ndim)]
         if self.group_axis is not None:
             ax, g = self.group_axis, self.num_groups
             size = x.shape[ax] // g
-            positions = tuple(sorted({0, size // 2, size - 1}))
             arrays = [
-                take_along(t.reshape(t.shape[:ax] + (g, size) + t.shape[ax + 1 :]), ax + 1, positions)
+                take_along(t.reshape(t.shape[:ax] + (g, size) + t.shape[ax + 1 :]), ax + 1, _spread3(size))
                 for t in arrays
             ]
             labels = labels[:ax] + ["group", "sample"] + labels[ax + 1 :]
@@ -156,8 +157,72 @@ class Reduction:
             out.append(t.reshape(self._kept_shape(x.shape) + (t.shape[-1],)))
         return out[0], (out[1] if where is not None else None)
 
+    def first_selected(self, x: jax.Array, where: jax.Array):
+        """``x`` at the first selected entry of each set, and whether the set has one.
+
+        Found from the mask alone (a minimum of each selected entry's
+        position within its set, over the mask's own shape: small when the
+        mask broadcasts), then one gather of ``x`` per set; not a pass over
+        ``x``.
+
+        Args:
+          x: the array.
+          where: the mask, of ``x``'s rank, each axis ``x``'s size or 1.
+
+        Returns:
+          ``(value, found)`` with the statistics' keepdims shape; ``value``
+          is 0 where ``found`` is False.
+        """
+        shape = x.shape
+        wshape = where.shape
+        position = jnp.zeros(wshape, jnp.int32)
+        extent = 1
+        for a in reversed(self.axes):
+            position = position + lax.broadcasted_iota(jnp.int32, wshape, a) * extent
+            extent *= wshape[a]
+        ga = self.group_axis
+        size = 1
+        if ga is not None and wshape[ga] > 1:
+            size = shape[ga] // self.num_groups
+            position = position * size + lax.broadcasted_iota(jnp.int32, wshape, ga) % size
+            extent *= size
+        first = jnp.min(jnp.where(where, position, extent), self.axes, keepdims=True) if self.axes else jnp.where(where, position, extent)
+        if size > 1:
+            split = first.shape[:ga] + (self.num_groups, size) + first.shape[ga + 1 :]
+            first = jnp.broadcast_to(jnp.min(first.reshape(split), ga + 1, keepdims=True), split).reshape(first.shape)
+        kept = self._kept_shape(shape)
+        first = jnp.broadcast_to(first, kept)
+        found = first < extent
+        rest = jnp.where(found, first, 0)
+        within = rest % size
+        rest = rest // size
+        index = []
+        coords = {}
+        for a in reversed(self.axes):
+            coords[a] = rest % wshape[a]
+            rest = rest // wshape[a]
+        for a in range(len(shape)):
+            if a in coords:
+                index.append(coords[a])
+            elif a == ga:
+                channel = lax.broadcasted_iota(jnp.int32, kept, a)
+                group_size = shape[ga] // self.num_groups
+                index.append(channel - channel % group_size + within)
+            else:
+                index.append(lax.broadcasted_iota(jnp.int32, kept, a))
+        value = x[tuple(index)]
+        return jnp.where(found, value, 0), found
+
     def _kept_shape(self, shape) -> tuple[int, ...]:
         return tuple(1 if a in self.axes else n for a, n in enumerate(shape))
+
+
+def _spread3(n: int) -> tuple[int, ...]:
+    return tuple(sorted({0, n // 2, n - 1}))
+
+
+def _spread5(n: int) -> tuple[int, ...]:
+    return tuple(sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1}))
 
 
 def explicitly_sharded_axes(x) -> tuple:

@@ -136,6 +136,8 @@ def moments(
     """
     dtype = compute_dtype(x.dtype)
     x = x.astype(dtype)
+    if where is not None:
+        where = jnp.reshape(where, (1,) * (x.ndim - jnp.ndim(where)) + jnp.shape(where))
     mask = None if where is None else jnp.broadcast_to(where, x.shape)
     if not center:
         if reduction.axis_name is not None:
@@ -146,8 +148,9 @@ def moments(
         return _named(Moments(zero, zero, second / jnp.maximum(count, 1), count))
     local = reduction.local()
     mo = lower_per_platform(
-        x, mask,
-        cpu=functools.partial(_xla_cpu.local_moments, local, shifted),
+        x, where,
+        cpu=lambda x, where: _xla_cpu.local_moments(
+            local, shifted, x, None if where is None else jnp.broadcast_to(where, x.shape)),
         accelerator=functools.partial(one_pass_moments, local, shifted),
     )
     if reduction.axis_name is not None:
@@ -167,7 +170,7 @@ def _count(reduction: Reduction, x, mask):
     return reduction.local_sum(mask.astype(x.dtype))
 
 
-def one_pass_moments(reduction: Reduction, shifted: bool, x, mask) -> Moments:
+def one_pass_moments(reduction: Reduction, shifted: bool, x, where) -> Moments:
     """Moments about a sampled shift, in one read of ``x`` (the accelerator program).
 
     ``d = x − s`` with ``s`` = :func:`sample_shift` (0 when ``shifted`` is
@@ -179,40 +182,42 @@ def one_pass_moments(reduction: Reduction, shifted: bool, x, mask) -> Moments:
       reduction: this member's sets (no named axis).
       shifted: False only for measurement (:func:`unshifted_statistics`).
       x: input in the compute dtype.
-      mask: None, or the selection broadcast to ``x``'s shape.
+      where: None, or the mask (``x``'s rank, each axis ``x``'s size or 1).
     """
-    count = _count(reduction, x, mask)
+    count = _count(reduction, x, None if where is None else jnp.broadcast_to(where, x.shape))
     safe_count = jnp.maximum(count, 1)
     if shifted:
-        shift = sample_shift(x, reduction, mask)
+        shift = sample_shift(x, reduction, where)
     else:
         shift = jnp.zeros(reduction.first(x).shape, x.dtype)
     d = x - shift
-    if mask is not None:
-        d = jnp.where(mask, d, 0)
+    if where is not None:
+        d = jnp.where(where, d, 0)
     total, squares = reduction.local_sum(d), reduction.local_sum(d * d)
     mean_shifted = total / safe_count
     var = jnp.maximum(squares / safe_count - mean_shifted * mean_shifted, 0)
     return Moments(shift, mean_shifted, var, count)
 
 
-def sample_shift(x, reduction: Reduction, mask=None):
+def sample_shift(x, reduction: Reduction, where=None):
     """Each set's shift: the median of its selected samples (:meth:`Reduction.samples`), no gradient.
 
     A few gathered entries, not a pass over ``x``. The median of samples
     spread over the set is within a few standard deviations of its mean
     unless most samples are outliers. A set whose samples are all masked
-    gets 0.
+    takes its first selected entry instead (:meth:`Reduction.first_selected`,
+    found from the mask alone), and a set with none, 0.
 
     Args:
       x: input in the compute dtype.
       reduction: this member's sets.
-      mask: None, or the selection broadcast to ``x``'s shape.
+      where: None, or the mask (``x``'s rank, each axis ``x``'s size or 1).
 
     Returns:
       The shift with the statistics' keepdims shape.
     """
-    values, selected = reduction.samples(lax.stop_gradient(x), mask)
+    x = lax.stop_gradient(x)
+    values, selected = reduction.samples(x, None if where is None else jnp.broadcast_to(where, x.shape))
     k = values.shape[-1]
     if selected is None:
         shift = jnp.sort(values, axis=-1)[..., (k - 1) // 2]
@@ -220,7 +225,8 @@ def sample_shift(x, reduction: Reduction, mask=None):
         ordered = jnp.sort(jnp.where(selected, values, jnp.inf), axis=-1)
         n = jnp.sum(selected, axis=-1, keepdims=True)
         middle = jnp.take_along_axis(ordered, jnp.maximum(n - 1, 0) // 2, axis=-1)[..., 0]
-        shift = jnp.where(n[..., 0] > 0, middle, 0)
+        first, _ = reduction.first_selected(x, where)
+        shift = jnp.where(n[..., 0] > 0, middle, first)
     return lax.stop_gradient(shift.astype(x.dtype))
 
 

@@ -15,6 +15,7 @@ if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # check_grads in float64 needs x64; every test states the dtypes it uses.
 jax.config.update("jax_enable_x64", True)
@@ -28,3 +29,19 @@ if jax.default_backend() != "gpu":
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "gpu: needs an NVIDIA GPU (skipped elsewhere); benchmarks/gpu_check.py runs these on one")
+
+
+@pytest.fixture(params=["cpu", "accelerator"], ids=["cpu_program", "accelerator_program"])
+def program(request, monkeypatch):
+    """Run a test with each of jaxnorm's programs on this CPU.
+
+    ``"cpu"``: the CPU's own (XLA:CPU steering, jaxnorm._xla_cpu);
+    ``"accelerator"``: the program XLA:GPU and XLA:TPU compile
+    (``JAXNORM_CPU_LOWERING=accelerator``, read when a function is traced:
+    jit a fresh function inside the test, not a module-level one).
+    """
+    if request.param == "accelerator":
+        monkeypatch.setenv("JAXNORM_CPU_LOWERING", "accelerator")
+    else:
+        monkeypatch.delenv("JAXNORM_CPU_LOWERING", raising=False)
+    return request.param

@@ -1,4 +1,4 @@
-"""Transformations: jit, vmap, forward and reverse derivatives of order 2; masks; constants."""
+"""Transformations: jit, vmap, forward and reverse derivatives of order 2; masks; constants (both programs)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +7,9 @@ import pytest
 from jax.test_util import check_grads
 
 from norm_cases import CASES, params
+
+# Every test runs with the CPU program and with the accelerator program (conftest.py).
+pytestmark = pytest.mark.usefixtures("program")
 
 
 def _inputs(case, seed=0, dtype=np.float64, per_example=False):
@@ -29,7 +32,7 @@ def test_jit_equals_eager(case):
     rng, x, scale, bias = _inputs(case, dtype=np.float32)
     where = jnp.asarray(rng.random(case.shape) < 0.8)
     eager = case.fn(x, scale, bias, where)
-    jitted = jax.jit(case.fn)(x, scale, bias, where)
+    jitted = jax.jit(lambda *a: case.fn(*a))(x, scale, bias, where)  # traced for this program
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-6)
 
 

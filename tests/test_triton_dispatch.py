@@ -88,8 +88,8 @@ def test_bfloat16_output_within_one_rounding():
     np.testing.assert_allclose(y_t.astype(jnp.float32), y_x.astype(jnp.float32), rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU, None picks the kernels")
-def test_automatic_choice_is_xla_without_a_gpu():
+def test_automatic_choice_is_xla():
+    """None is XLA on every platform until the kernels pass the GPU check (not a trace-time backend choice)."""
     x = _arr(2, 3, 6)
     jaxpr_auto = str(jax.make_jaxpr(lambda x: jn.group_norm(x, num_groups=3))(x))
     jaxpr_triton = str(jax.make_jaxpr(lambda x: jn.group_norm(x, num_groups=3, implementation="triton"))(x))

@@ -72,3 +72,38 @@ def test_row_norm_backward_keeps_no_full_size_temporary_for_few_rows(scheme, row
     for g64, g32 in zip(want, got):
         err = np.linalg.norm(np.asarray(g32, np.float64) - np.asarray(g64))
         assert err <= 1e-6 * np.linalg.norm(np.asarray(g64))  # RMSNorm's bias gradient: 0 == 0
+
+
+# The textbook/shifted switch (on_conditioning): the CPU program only.
+def _moments(x, axes):
+    import jax
+
+    from jaxnorm._stats import Reduction, moments
+
+    return jax.jit(lambda t: moments(t, Reduction(axes)))(x)
+
+
+def test_well_conditioned_sets_take_the_textbook_branch_ill_conditioned_the_shifted(monkeypatch):
+    monkeypatch.delenv("JAXNORM_CPU_LOWERING", raising=False)  # the CPU program's switch
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((6, 4, 4, 16)).astype(np.float32)
+    for mean, textbook in ((0.5, True), (1e3, False)):
+        x = (mean + z).astype(np.float32)
+        mo = _moments(x, (1, 2))
+        # the textbook branch uses the mean as its shift; the shifted one, a sample
+        sample = x[:, :1, :1, :]
+        assert np.array_equal(np.asarray(mo.shift), sample) != textbook
+        x64 = x.astype(np.float64)
+        np.testing.assert_allclose(mo.mean, x64.mean((1, 2), keepdims=True), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(mo.var, x64.var((1, 2), keepdims=True), rtol=1e-5)
+
+
+def test_one_ill_conditioned_set_sends_every_set_to_the_shifted_moments(monkeypatch):
+    monkeypatch.delenv("JAXNORM_CPU_LOWERING", raising=False)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    x[3] += 1e4  # one row far from zero
+    mo = _moments(x, (1,))
+    np.testing.assert_array_equal(mo.shift, x[:, :1])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mo.var, x64.var(1, keepdims=True), rtol=1e-5)
