@@ -50,7 +50,7 @@ from jax import tree_util
 from jax.extend import core
 from jax.interpreters import ad, batching, mlir
 
-__all__ = ["ACCELERATOR", "CPU", "ENV_VAR", "lower_per_platform", "target", "tracing"]
+__all__ = ["ACCELERATOR", "CPU", "ENV_VAR", "lower_per_platform", "requested", "target", "tracing"]
 
 CPU = "cpu"
 ACCELERATOR = "accelerator"
@@ -73,6 +73,16 @@ def tracing(t: str):
         yield
     finally:
         _TARGET.reset(token)
+
+
+def requested() -> str:
+    """The programs a trace starting now builds: ``"per_platform"``, or ``"accelerator"`` (``JAXNORM_CPU_LOWERING``).
+
+    Part of the static settings of jaxnorm's cached traces (e.g.
+    :class:`jaxnorm._normalize.NormSpec`), so that JAX never reuses a trace
+    made under the other setting.
+    """
+    return ACCELERATOR if _cpu_runs_accelerator_code() else "per_platform"
 
 
 def _cpu_runs_accelerator_code() -> bool:

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm import _xla_cpu
-from jaxnorm._lowering import lower_per_platform
+from jaxnorm._lowering import lower_per_platform, requested
 from jaxnorm._remat import STATISTICS, statistic
 from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
 
@@ -65,12 +65,16 @@ class NormSpec:
       center: subtract the mean (False for RMSNorm).
       shifted: exact shifted moments; False only inside
         :func:`jaxnorm._stats.unshifted_statistics` (measurement).
+      programs: :func:`jaxnorm._lowering.requested` when the spec was made
+        (a static setting, so that a cached trace is never reused across
+        ``JAXNORM_CPU_LOWERING`` settings).
     """
 
     reduction: Reduction
     epsilon: float
     center: bool = True
     shifted: bool = dataclasses.field(default_factory=shifted_default)
+    programs: str = dataclasses.field(default_factory=requested)
 
 
 def normalize(x, scale, bias, where, spec: NormSpec) -> jax.Array:

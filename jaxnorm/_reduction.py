@@ -108,54 +108,67 @@ class Reduction:
         return jnp.broadcast_to(head, split).reshape(shape)
 
     def samples(self, x: jax.Array, where=None):
-        """A few entries of each set, spread over it: ``(values, selected)``.
+        """Five entries of each set, spread over it: ``(values, selected)``.
 
-        Along every summed axis (and within every group) the first, middle
-        and last entries are taken (five, at quarters, when one axis is
-        summed; each shard's, for an explicitly sharded axis), so each set
-        gives up to ``3^k`` samples for ``k`` summed axes. They are a handful
-        of gathered entries, not a pass over ``x``.
+        The entries at 0, 1/4, 1/2, 3/4 and the end of each set's entries in
+        order (the summed axes in order, then a group's channels), each a
+        static slice of ``x`` (a handful of gathered entries, not a pass over
+        ``x``; for an explicitly sharded axis, an entry of each shard's
+        part). Fewer for sets of fewer than five entries.
 
         Args:
           x: the array.
-          where: None, or the mask broadcast to ``x``'s shape.
+          where: None, or the mask (``x``'s rank, each axis ``x``'s size or 1).
 
         Returns:
-          ``(values, selected)`` with the keepdims shape of the statistics
-          plus a trailing sample axis; ``selected`` is None without a mask.
+          ``(values, selected)``, each of the statistics' keepdims shape with
+          the group axis holding one entry per group (:meth:`spread_groups`
+          widens it) and a trailing sample axis; ``selected`` is None
+          without a mask.
         """
-        if any(x.shape[a] == 0 for a in self.axes):
-            shape = self._kept_shape(x.shape) + (1,)
-            return jnp.zeros(shape, x.dtype), (None if where is None else jnp.zeros(shape, bool))
-        arrays = [x] if where is None else [x, where]
-        # Five positions along a single summed axis (rows), three along each of several.
-        spread = _spread5 if len(self.axes) == 1 and self.group_axis is None else _spread3
-        for a in self.axes:
-            arrays = [take_along(t, a, spread(x.shape[a])) for t in arrays]
-        # Label every axis: kept (statistics run along it), or sampled.
-        labels = ["sample" if a in self.axes else "kept" for a in range(x.ndim)]
+        n = self.size(x.shape)
+        compact = self._compact_shape(x.shape)
+        if n == 0:
+            zeros = jnp.zeros(compact + (1,), x.dtype)
+            return zeros, (None if where is None else jnp.zeros(compact + (1,), bool))
+        group_size = 1 if self.group_axis is None else x.shape[self.group_axis] // self.num_groups
+        taken = [[], []]
+        for position in sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1}):
+            within = position % group_size
+            rest = position // group_size
+            coords = {}
+            for a in reversed(self.axes):
+                coords[a] = rest % x.shape[a]
+                rest //= x.shape[a]
+            for k, t in enumerate((x, where)):
+                if t is None:
+                    continue
+                for a, c in coords.items():
+                    t = take_along(t, a, (c if t.shape[a] > 1 else 0,))
+                if self.group_axis is not None:
+                    ga = self.group_axis
+                    if t.shape[ga] > 1:
+                        t = t.reshape(t.shape[:ga] + (self.num_groups, group_size) + t.shape[ga + 1 :])
+                        t = take_along(t, ga + 1, (within,)).reshape(t.shape[:ga] + (self.num_groups,) + t.shape[ga + 2 :])
+                taken[k].append(jnp.broadcast_to(t, compact))
+        values = jnp.stack(taken[0], axis=-1)
+        return values, (None if where is None else jnp.stack(taken[1], axis=-1))
+
+    def spread_groups(self, t: jax.Array, channels: int) -> jax.Array:
+        """``t`` with one entry per group along the group axis, widened to one per channel."""
+        if self.group_axis is None:
+            return t
+        ga, g = self.group_axis, self.num_groups
+        t = jnp.expand_dims(t, ga + 1)
+        t = jnp.broadcast_to(t, t.shape[: ga + 1] + (channels // g,) + t.shape[ga + 2 :])
+        return t.reshape(t.shape[:ga] + (channels,) + t.shape[ga + 2 :])
+
+    def _compact_shape(self, shape) -> tuple[int, ...]:
+        """The statistics' keepdims shape with ``num_groups`` entries along the group axis."""
+        kept = list(self._kept_shape(shape))
         if self.group_axis is not None:
-            ax, g = self.group_axis, self.num_groups
-            size = x.shape[ax] // g
-            arrays = [
-                take_along(t.reshape(t.shape[:ax] + (g, size) + t.shape[ax + 1 :]), ax + 1, _spread3(size))
-                for t in arrays
-            ]
-            labels = labels[:ax] + ["group", "sample"] + labels[ax + 1 :]
-        kept = [i for i, lab in enumerate(labels) if lab != "sample"]
-        sampled = [i for i, lab in enumerate(labels) if lab == "sample"]
-        out = []
-        for t in arrays:
-            t = jnp.transpose(t, kept + sampled)
-            t = t.reshape(t.shape[: len(kept)] + (-1,))
-            if self.group_axis is not None:  # each group's samples, for each of its channels
-                gpos = [labels[i] for i in kept].index("group")
-                c = x.shape[self.group_axis]
-                t = jnp.expand_dims(t, gpos + 1)
-                t = jnp.broadcast_to(t, t.shape[: gpos + 1] + (c // self.num_groups,) + t.shape[gpos + 2 :])
-                t = t.reshape(t.shape[:gpos] + (c,) + t.shape[gpos + 2 :])
-            out.append(t.reshape(self._kept_shape(x.shape) + (t.shape[-1],)))
-        return out[0], (out[1] if where is not None else None)
+            kept[self.group_axis] = self.num_groups
+        return tuple(kept)
 
     def first_selected(self, x: jax.Array, where: jax.Array):
         """``x`` at the first selected entry of each set, and whether the set has one.
@@ -215,14 +228,6 @@ class Reduction:
 
     def _kept_shape(self, shape) -> tuple[int, ...]:
         return tuple(1 if a in self.axes else n for a, n in enumerate(shape))
-
-
-def _spread3(n: int) -> tuple[int, ...]:
-    return tuple(sorted({0, n // 2, n - 1}))
-
-
-def _spread5(n: int) -> tuple[int, ...]:
-    return tuple(sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1}))
 
 
 def explicitly_sharded_axes(x) -> tuple:

@@ -163,6 +163,28 @@ def _named(mo: Moments) -> Moments:
     return Moments(*(statistic(t) for t in mo))
 
 
+def _median(values, valid):
+    """The median of the valid ``values`` (lower median for an even count), elementwise over sets.
+
+    Each value's rank among the valid ones (ties broken by position) is
+    counted with comparisons of whole arrays, so the median costs a few
+    elementwise operations per set and fuses (no sort). ``valid``: None
+    entries mean always valid.
+    """
+    k = len(values)
+    ok = [jnp.ones(values[0].shape, bool) if v is None else v for v in valid]
+    n = sum(o.astype(jnp.int32) for o in ok)
+    middle = jnp.maximum(n - 1, 0) // 2
+    out = jnp.zeros_like(values[0])
+    for i in range(k):
+        rank = sum(
+            (ok[j] & ((values[j] < values[i]) | ((values[j] == values[i]) & (j < i)))).astype(jnp.int32)
+            for j in range(k) if j != i
+        ) if k > 1 else jnp.zeros(values[0].shape, jnp.int32)
+        out = jnp.where(ok[i] & (rank == middle), values[i], out)
+    return out
+
+
 def _count(reduction: Reduction, x, mask):
     """Entries in each set of this member (float; keepdims shape with a mask, scalar without)."""
     if mask is None:
@@ -217,16 +239,17 @@ def sample_shift(x, reduction: Reduction, where=None):
       The shift with the statistics' keepdims shape.
     """
     x = lax.stop_gradient(x)
-    values, selected = reduction.samples(x, None if where is None else jnp.broadcast_to(where, x.shape))
-    k = values.shape[-1]
+    values, selected = reduction.samples(x, where)
+    samples = [values[..., i] for i in range(values.shape[-1])]
+    channels = None if reduction.group_axis is None else x.shape[reduction.group_axis]
     if selected is None:
-        shift = jnp.sort(values, axis=-1)[..., (k - 1) // 2]
+        shift = reduction.spread_groups(_median(samples, [None] * len(samples)), channels)
     else:
-        ordered = jnp.sort(jnp.where(selected, values, jnp.inf), axis=-1)
-        n = jnp.sum(selected, axis=-1, keepdims=True)
-        middle = jnp.take_along_axis(ordered, jnp.maximum(n - 1, 0) // 2, axis=-1)[..., 0]
+        valid = [selected[..., i] for i in range(selected.shape[-1])]
+        median = reduction.spread_groups(_median(samples, valid), channels)
+        any_valid = reduction.spread_groups(functools.reduce(jnp.logical_or, valid), channels)
         first, _ = reduction.first_selected(x, where)
-        shift = jnp.where(n[..., 0] > 0, middle, first)
+        shift = jnp.where(any_valid, median, first)
     return lax.stop_gradient(shift.astype(x.dtype))
 
 

@@ -50,25 +50,41 @@ def _bench_norms():
 
 def test_target_summary_counts_residuals_over_every_scheme():
     rows = [
-        {"scheme": "layer_norm 4x4", "ratio_fwd": 0.9, "ratio_fwd_bwd": 0.6, "jaxnorm_residuals_x": 1.0},
+        {"scheme": "layer_norm 4x4", "ratio_fwd": 0.9, "ratio_fwd_bwd": 1.2, "jaxnorm_residuals_x": 1.0},
         {"scheme": "evonorm_s0 4x4", "jaxnorm_residuals_x": 1.5},
     ]
     lines = _bench_norms().target_summary(rows)
-    assert any(l.startswith("ratio_fwd_bwd <= 0.5: 0/1 rows") for l in lines), lines
-    assert any(l.startswith("ratio_fwd <= 1.0: 1/1 rows") for l in lines), lines
+    assert any(l.startswith("ratio_fwd_bwd <= 1.1: 0/1 rows") for l in lines), lines
+    assert any(l.startswith("ratio_fwd <= 1.1: 1/1 rows") for l in lines), lines
     assert any(l.startswith("jaxnorm_residuals_x <= 1.1: 1/2 rows (all schemes); worst 1.50 (evonorm_s0")
                for l in lines), lines
 
 
-def test_target_summary_names_the_missed_rows_whose_floor_is_below_the_target():
+def test_target_summary_counts_rows_meeting_the_pass_goals():
     rows = [
-        {"scheme": "instance_norm 4x4", "ratio_fwd": 1.0, "ratio_fwd_bwd": 0.9, "floor_ratio_fwd_bwd": 0.7},
-        {"scheme": "layer_norm 4x4", "ratio_fwd": 1.0, "ratio_fwd_bwd": 0.7, "floor_ratio_fwd_bwd": 0.3},
-        {"scheme": "rms_norm 4x4", "ratio_fwd": 1.0, "ratio_fwd_bwd": 0.4, "floor_ratio_fwd_bwd": 0.2},
+        {"scheme": "layer_norm 4x4", "ratio_fwd": 1.0, "jaxnorm_passes_fwd": 2, "flax_passes_fwd": 2,
+         "jaxnorm_passes_fwd_bwd": 2, "flax_passes_fwd_bwd": 3},
+        {"scheme": "rms_norm 4x4", "ratio_fwd": 1.0, "jaxnorm_passes_fwd": 3, "flax_passes_fwd": 2,
+         "jaxnorm_passes_fwd_bwd": 3, "flax_passes_fwd_bwd": 2},
     ]
     last = _bench_norms().target_summary(rows)[-1]
-    assert last.startswith("rows above 0.5 forward+backward: 2; with a floor"), last
-    assert last.endswith("above 0.5 too: 1; floor below: layer_norm 4x4"), last
+    assert last == ("passes (accelerator program): forward equal to flax.linen's on 1/2 rows, "
+                    "forward+backward no more on 1/2"), last
+
+
+def test_passes_row_counts_the_accelerator_program_and_flax():
+    """The accelerator program reads x once for its statistics: flax.linen's forward passes (2),
+    and forward+backward no more than flax's; the CPU program's data-dependent switch is not counted."""
+    from jaxnorm.bench.cases import default_cases
+    from jaxnorm.bench.run import _flax_apply, passes_row
+
+    for case in default_cases((4, 8, 8, 32), num_groups=4):
+        if case.flax_module is None:
+            continue
+        row = passes_row(case, {"jaxnorm": case.apply, "flax": _flax_apply(case)})
+        assert row["jaxnorm_passes_fwd"] == row["flax_passes_fwd"] == 2, (case.scheme, row)
+        assert row["jaxnorm_passes_fwd_bwd"] <= row["flax_passes_fwd_bwd"], (case.scheme, row)
+        assert row["jaxnorm_passes_flags"] == [], (case.scheme, row)
 
 
 def test_hlo_traffic_counts_full_size_reads_and_writes():

@@ -14,11 +14,12 @@ from jaxnorm.bench.cases import Case
 from jaxnorm.bench.faults import page_faults_per_call
 from jaxnorm.bench.hlo_traffic import compiled_traffic
 from jaxnorm.bench.memory import residual_bytes, temp_bytes
+from jaxnorm.bench.passes import count_passes, count_passes_vjp
 from jaxnorm.bench.progress import Progress
 from jaxnorm.bench.timing import interleaved_samples, paired_ratio
 from jaxnorm.bench.traffic import FWD_BWD_PASSES, FWD_PASSES, copy_pass
 
-__all__ = ["flax_available", "run_case", "run_cases"]
+__all__ = ["LOSSES", "flax_available", "passes_row", "run_case", "run_cases"]
 
 LARGE_MEAN = 1e4
 
@@ -74,9 +75,39 @@ def _flax_apply(case: Case):
     return apply
 
 
+# The losses forward+backward is timed with: sum(y·c) for a fixed random c (the
+# cotangent is an input), and sum(y²/2 + y) (the cotangent y + 1 is computed from y,
+# so XLA may fuse the loss into the backward's passes).
+LOSSES = {
+    "linear": lambda y, c: jnp.sum(y * c),
+    "square": lambda y, c: jnp.sum(y * y / 2 + y),
+}
+
+
+def passes_row(case: Case, impls: dict, dtype=np.float32) -> dict:
+    """Passes over full-size data an ideally fusing compiler needs (:mod:`jaxnorm.bench.passes`).
+
+    Forward and forward+backward (the cotangent an input), for each
+    implementation, counted on the accelerator program (``platform="cuda"``).
+    """
+    x = jax.ShapeDtypeStruct(case.shape, dtype)
+    p = jax.ShapeDtypeStruct(case.param_shape, np.float32)
+    row = {}
+    for name, apply in impls.items():
+        fwd = count_passes(apply, x, p, p, platform="cuda")
+        fwd_bwd = count_passes_vjp(apply, x, p, p, platform="cuda")
+        row[f"{name}_passes_fwd"] = fwd.passes
+        row[f"{name}_traffic_fwd"] = fwd.traffic
+        row[f"{name}_passes_fwd_bwd"] = fwd_bwd.passes
+        row[f"{name}_traffic_fwd_bwd"] = fwd_bwd.traffic
+        row[f"{name}_passes_flags"] = sorted(set(fwd.flags) | set(fwd_bwd.flags))
+    return row
+
+
 def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
              with_flax: bool = True, memory: bool = False, traffic: bool = False,
-             unshifted: bool = False, floor: bool = False, mean: float = 0.0) -> dict:
+             unshifted: bool = False, floor: bool = False, mean: float = 0.0,
+             passes: bool = False, losses=("linear",)) -> dict:
     """Check ``case`` against float64 and time it (and its Flax twin).
 
     Forward is ``y = f(x, scale, bias)``; forward+backward is the gradient of
@@ -103,6 +134,10 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         forward+backward must run, :mod:`jaxnorm.bench.floor`) with the
         forward+backward runs, and report it over Flax's time: about the
         lowest ratio a program built from XLA's kernels can reach.
+      passes: also count the passes over full-size data of the accelerator
+        program and of Flax's (:func:`passes_row`).
+      losses: names in :data:`LOSSES`; forward+backward is timed for each
+        (``fwd_bwd`` keys for the first, ``fwd_bwd_<loss>`` for the others).
 
     Returns:
       A JSON-ready row: errors, median milliseconds and jaxnorm/Flax ratios
@@ -124,13 +159,15 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         "shape": list(case.shape),
         "dtype": np.dtype(dtype).name,
     }
-    forward, backward = [], []
+    forward, backward, extra = [], [], {}
     for name, apply in impls.items():
         max_abs, rel = _errors(apply, case.reference, np.asarray(x), np.asarray(scale), np.asarray(bias))
         row[f"{name}_max_abs_error"] = max_abs
         row[f"{name}_rel_error_mean_1e4"] = rel
         fwd = jax.jit(apply)
-        grad = jax.jit(jax.grad(lambda x, s, b, c, f=apply: jnp.sum(f(x, s, b) * c), argnums=(0, 1, 2)))
+        grads = [jax.jit(jax.grad(lambda x, s, b, c, f=apply, loss=LOSSES[k]: loss(f(x, s, b), c), argnums=(0, 1, 2)))
+                 for k in losses]
+        grad = grads[0]
         if memory and name != "unshifted":
             row[f"{name}_residuals_x"] = residual_bytes(apply, x, scale, bias) / x.nbytes
             temp = temp_bytes(grad, x, scale, bias, cot)
@@ -138,6 +175,8 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
             row[f"{name}_moved_x"] = compiled_traffic(grad, x, scale, bias, cot, like=x)
         forward.append(lambda f=fwd: f(x, scale, bias))
         backward.append(lambda g=grad: g(x, scale, bias, cot))
+        for k, other in zip(losses[1:], grads[1:]):
+            extra.setdefault(k, []).append(lambda g=other: g(x, scale, bias, cot))
     # Forward runs are interleaved with forward runs, forward+backward with
     # forward+backward: each group shares the allocator state it leaves.
     if traffic:
@@ -147,16 +186,23 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
         backward.append(lambda f=case.floor: f(x, cot))
     fwd_samples = interleaved_samples(forward, repeats=repeats)
     bwd_samples = interleaved_samples(backward, repeats=repeats)
+    extra_samples = {k: interleaved_samples(fns, repeats=repeats) for k, fns in extra.items()}
     fwd_times = [statistics.median(t) for t in fwd_samples]
     for name, tf, tb in zip(impls, fwd_samples, bwd_samples):
         row[f"{name}_fwd_ms"] = 1e3 * statistics.median(tf)
         row[f"{name}_fwd_bwd_ms"] = 1e3 * statistics.median(tb)
+    for k, samples in extra_samples.items():
+        for name, t in zip(impls, samples):
+            row[f"{name}_fwd_bwd_{k}_ms"] = 1e3 * statistics.median(t)
     if memory:
         for name, fwd_fn, bwd_fn in zip(impls, forward, backward):
             if name != "unshifted":
                 row[f"{name}_fwd_faults"] = page_faults_per_call(fwd_fn)
                 row[f"{name}_fwd_bwd_faults"] = page_faults_per_call(bwd_fn)
     row["input_mean"] = mean
+    row["losses"] = list(losses)
+    if passes:
+        row.update(passes_row(case, {k: v for k, v in impls.items() if k != "unshifted"}, dtype))
     if timed_floor:
         row["floor_fwd_bwd_ms"] = 1e3 * statistics.median(bwd_samples[-1])
     if "flax" in impls:
@@ -170,6 +216,11 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
             q25, q50, q75 = paired_ratio(samples[0], samples[flax_at])
             row[f"paired_ratio_{kind}"] = q50
             row[f"paired_ratio_{kind}_iqr"] = [q25, q75]
+        for k, samples in extra_samples.items():
+            row[f"ratio_fwd_bwd_{k}"] = row[f"jaxnorm_fwd_bwd_{k}_ms"] / row[f"flax_fwd_bwd_{k}_ms"]
+            q25, q50, q75 = paired_ratio(samples[0], samples[flax_at])
+            row[f"paired_ratio_fwd_bwd_{k}"] = q50
+            row[f"paired_ratio_fwd_bwd_{k}_iqr"] = [q25, q75]
         if timed_floor:
             row["floor_ratio_fwd_bwd"] = row["floor_fwd_bwd_ms"] / row["flax_fwd_bwd_ms"]
         if "unshifted" in impls:
