@@ -13,6 +13,7 @@ from jaxnorm._batch_stats import (
 )
 from jaxnorm._normalize import NormSpec, normalize_with_stats
 from jaxnorm._params import apply_affine
+from jaxnorm._reduction import inverse_std
 from jaxnorm._stats import Moments, compute_dtype
 
 __all__ = ["batch_moments", "batch_norm", "fold_batch", "pool_batch", "running_normalize"]
@@ -36,7 +37,7 @@ def running_normalize(s: BatchSetup, mean, var, scale=None, bias=None, x=None):
     x = s.x if x is None else x
     dtype = compute_dtype(x.dtype)
     mean, var = (s.channel_shaped(jnp.asarray(t, dtype)) for t in (mean, var))
-    y = apply_affine((x.astype(dtype) - mean) * lax.rsqrt(var + s.epsilon), scale, bias)
+    y = apply_affine((x.astype(dtype) - mean) * inverse_std(var, s.epsilon), scale, bias)
     if s.where is not None:
         y = jnp.where(s.where, y, 0)
     return s.restore(y.astype(x.dtype))

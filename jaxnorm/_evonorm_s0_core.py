@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._lowering import lower_per_platform
+from jaxnorm._reduction import inverse_std
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Reduction, moments, tangent_sums
 from jaxnorm._xla_cpu import unview, view
@@ -52,7 +53,7 @@ def s0_gate(reduction: Reduction, epsilon: float, x: jax.Array, slope: jax.Array
     Returns:
       ``z`` with ``x``'s shape.
     """
-    r = lax.rsqrt(moments(x, reduction).var + epsilon)
+    r = inverse_std(moments(x, reduction).var, epsilon)
     return x * jax.nn.sigmoid(slope * x) * r
 
 
@@ -61,7 +62,7 @@ def _s0_gate_jvp(reduction, epsilon, primals, tangents):
     x, slope = primals
     x_dot, slope_dot = tangents
     mo = moments(x, reduction)
-    r = statistic(lax.rsqrt(mo.var + epsilon))
+    r = statistic(inverse_std(mo.var, epsilon))
     z = lower_per_platform(x, slope, r, cpu=_output, accelerator=_output)
     a_sum, b_sum = tangent_sums(x, x_dot, mo.shift, reduction)
     r_dot = -(r * r * r) * (b_sum - mo.mean_shifted * a_sum) / jnp.maximum(mo.count, 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxnorm import _validate as v
 from jaxnorm._batch_stats import check_stats
+from jaxnorm._reduction import inverse_std
 
 __all__ = ["fold_batch_norm"]
 
@@ -51,7 +51,7 @@ def fold_batch_norm(kernel, bias, stats, scale=None, bn_bias=None, *, epsilon: f
         for name, p in (("bias", bias), ("scale", scale), ("bn_bias", bn_bias))
     )
     dtype = jnp.promote_types(kernel.dtype, np.float32)
-    a = lax.rsqrt(stats.var.astype(dtype) + epsilon)
+    a = inverse_std(stats.var.astype(dtype), epsilon)
     if scale is not None:
         a = a * scale
     shifted = -stats.mean.astype(dtype) if bias is None else bias - stats.mean

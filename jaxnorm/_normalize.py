@@ -49,6 +49,7 @@ from jax import lax
 
 from jaxnorm import _xla_cpu
 from jaxnorm._lowering import lower_per_platform, requested
+from jaxnorm._reduction import inverse_std
 from jaxnorm._remat import STATISTICS, statistic
 from jaxnorm._stats import Reduction, compute_dtype, moments, shifted_default
 
@@ -120,7 +121,7 @@ def _prepare(spec: NormSpec, x, scale, where):
     xc = x.astype(compute_dtype(x.dtype))
     mo = moments(xc, spec.reduction, where=where, center=spec.center, shifted=spec.shifted)
     shift, mean_shifted, count = mo.shift, mo.mean_shifted, mo.count  # named by moments()
-    rstd = statistic(lax.rsqrt(mo.var + spec.epsilon))
+    rstd = statistic(inverse_std(mo.var, spec.epsilon))
     c = (xc - shift) - mean_shifted if spec.center else xc
     if where is not None:
         c = jnp.where(where, c, 0)

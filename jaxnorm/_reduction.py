@@ -18,12 +18,25 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["Moments", "Reduction", "compute_dtype", "explicitly_sharded_axes", "take_along"]
+__all__ = ["Moments", "Reduction", "compute_dtype", "explicitly_sharded_axes", "inverse_std", "take_along"]
 
 
 def compute_dtype(dtype) -> jnp.dtype:
     """The dtype statistics are accumulated in: ``dtype`` promoted to >= float32."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def inverse_std(var, epsilon) -> jax.Array:
+    """``rstd = 1/sqrt(var + ε)``, and 0 where ``var + ε`` is 0 (a constant set with ``ε = 0``).
+
+    With ``rstd = 0`` such a set's output is ``bias`` and every derivative is
+    finite (``x − μ`` is 0 there); the inner ``where`` keeps ``rsqrt`` and its
+    derivative away from 0. A negative rounding residue of the variance
+    counts as 0. A select on per-set values only.
+    """
+    v = jnp.maximum(var, 0) + epsilon
+    positive = v > 0
+    return jnp.where(positive, lax.rsqrt(jnp.where(positive, v, 1)), 0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,7 @@ from jax import lax
 
 from jaxnorm._pooled import PooledSpec, frozen
 from jaxnorm._lowering import lower_per_platform
+from jaxnorm._reduction import inverse_std
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Moments, moments, pool_sets, tangent_sums
 from jaxnorm._xla_cpu import unview, view
@@ -56,7 +57,7 @@ def _coefficients(spec: PooledSpec, count, inst, params):
         mu_b, var_b = batch.shift + batch.mean_shifted, batch.var
     else:
         batch, mu_b, var_b = None, run_mean, run_var
-    r_b = lax.rsqrt(var_b + spec.epsilon)
+    r_b = inverse_std(var_b, spec.epsilon)
     factor = jax.nn.sigmoid(w_v * (((1 + w_m) * m - mu_b) * r_b) + b_v)
     a = r_b * factor if scale is None else r_b * factor * scale
     b = (w_m * m - mu_b) * a

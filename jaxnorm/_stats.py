@@ -149,8 +149,7 @@ def moments(
     local = reduction.local()
     mo = lower_per_platform(
         x, where,
-        cpu=lambda x, where: _xla_cpu.local_moments(
-            local, shifted, x, None if where is None else jnp.broadcast_to(where, x.shape)),
+        cpu=functools.partial(_xla_cpu.local_moments, local, shifted),
         accelerator=functools.partial(one_pass_moments, local, shifted),
     )
     if reduction.axis_name is not None:

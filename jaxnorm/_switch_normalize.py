@@ -36,6 +36,7 @@ from jax import lax
 
 from jaxnorm._pooled import PooledSpec, frozen
 from jaxnorm._lowering import lower_per_platform
+from jaxnorm._reduction import inverse_std
 from jaxnorm._remat import statistic
 from jaxnorm._stats import Moments, Reduction, moments, pool_sets, tangent_sums
 from jaxnorm._xla_cpu import unview, view
@@ -126,7 +127,7 @@ def switch_normalize(spec: MixSpec, x, scale, bias, w_mean, w_var, run_mean, run
 
 def _output(spec, x, scale, bias, w_mean, w_var, src):
     """``((x − s) − D)·r·scale + bias``."""
-    r = statistic(lax.rsqrt(_mix(w_var, src.var) + spec.epsilon))
+    r = statistic(inverse_std(_mix(w_var, src.var), spec.epsilon))
     a = r if scale is None else r * scale
     offset = _mix(w_mean, src.d)
     y = ((x - src.shift) - offset) * a
@@ -140,7 +141,7 @@ def _switch_normalize_jvp(spec, primals, tangents):
     x_dot, scale_dot, bias_dot, w_mean_dot, w_var_dot, run_mean_dot, run_var_dot = tangents
     src = _sources(spec, x, run_mean, run_var)
     y = _output(spec, x, scale, bias, w_mean, w_var, src)
-    r = statistic(lax.rsqrt(_mix(w_var, src.var) + spec.epsilon))
+    r = statistic(inverse_std(_mix(w_var, src.var), spec.epsilon))
     offset = _mix(w_mean, src.d)
 
     a_sum, b_sum = tangent_sums(x, x_dot, src.shift, spec.instance())

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxnorm._lowering import CPU, target
-from jaxnorm._reduction import Moments, Reduction, explicitly_sharded_axes
+from jaxnorm._reduction import Moments, Reduction, explicitly_sharded_axes, inverse_std
 
 __all__ = [
     "WELL_CONDITIONED", "YNN_MIN_ELEMENTS", "conditioned_forward", "few_sets", "local_moments",
@@ -116,13 +116,15 @@ def few_sets(num_sets: int, like) -> bool:
     return _steering(like) and num_sets < YNN_MIN_ELEMENTS
 
 
-def local_moments(reduction: Reduction, shifted: bool, x, mask) -> Moments:
+def local_moments(reduction: Reduction, shifted: bool, x, where) -> Moments:
     """The CPU program's moments of each set on this member (``x`` in the compute dtype).
 
     Without a mask: the textbook moments where every set is well conditioned,
-    the exact shifted ones otherwise (:func:`on_conditioning`). With a mask,
-    or unshifted (measurement): :func:`shifted_moments`.
+    the exact shifted ones otherwise (:func:`on_conditioning`). With a mask
+    (``x``'s rank, each axis ``x``'s size or 1), or unshifted (measurement):
+    :func:`shifted_moments`.
     """
+    mask = None if where is None else jnp.broadcast_to(where, x.shape)
     if mask is None:
         count = jnp.asarray(reduction.size(x.shape), x.dtype)
     else:
@@ -136,7 +138,7 @@ def local_moments(reduction: Reduction, shifted: bool, x, mask) -> Moments:
             return Moments(shift, mean - shift, var, count)
 
         return on_conditioning(x, reduction, count, textbook, lambda mo: mo)
-    return shifted_moments(x, reduction, count, mask, shifted)
+    return shifted_moments(x, reduction, count, mask, shifted, where)
 
 
 def conditioned_forward(x, reduction: Reduction, count, epsilon: float, scale, bias, affine):
@@ -159,7 +161,7 @@ def conditioned_forward(x, reduction: Reduction, count, epsilon: float, scale, b
       ``(y, shift, mean_shifted, var)`` in the compute dtype.
     """
     def coefficient(var):
-        rstd = lax.rsqrt(var + epsilon)
+        rstd = inverse_std(var, epsilon)
         return rstd if scale is None else rstd * scale
 
     def textbook(mean, var):
@@ -234,12 +236,17 @@ def _flat_sums(reduction: Reduction, shape):
     return (lambda t: jnp.sum(t, reduction.axes)), (lambda t: jnp.reshape(t, out))
 
 
-def shifted_moments(x, reduction: Reduction, count, mask, shifted: bool) -> Moments:
+def shifted_moments(x, reduction: Reduction, count, mask, shifted: bool, where=None) -> Moments:
     """``m = E[x − shift]``, ``var = E[((x − shift) − m)²]`` on this member, in two reads.
 
-    The shift is each set's first entry (the masked mean with a mask, one
-    more read; zero when ``shifted`` is False). ``mask``: None, or the
-    selection broadcast to ``x``'s shape.
+    The shift is each set's first entry, or with a mask its first selected
+    one (found from the mask alone, :meth:`Reduction.first_selected`); zero
+    when ``shifted`` is False. An entry of ``x`` itself, never a computed
+    value: XLA:CPU may contract a computed shift into each use differently
+    (a multiply-add in one kernel, a rounded product in another), and
+    ``x − shift`` is then not the same value in the mean and in the output
+    (at mean 1e4, errors of 1e-3). ``mask``: None, or the selection broadcast
+    to ``x``'s shape; ``where``: the mask as given (size-1 axes kept).
     """
     safe_count = jnp.maximum(count, 1)
     if not shifted:
@@ -247,7 +254,7 @@ def shifted_moments(x, reduction: Reduction, count, mask, shifted: bool) -> Mome
     elif mask is None:
         shift = reduction.first(x)
     else:
-        shift = reduction.local_sum(jnp.where(mask, x, 0)) / safe_count
+        shift = reduction.first_selected(x, mask if where is None else where)[0]
     shift = lax.stop_gradient(shift)
 
     def centred(k, mean_shifted=None):

@@ -102,6 +102,44 @@ def test_constant_input_gives_bias_and_finite_gradients(case, dtype):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
+def test_epsilon_zero_constant_set_gives_bias_and_finite_gradients(case):
+    """Issue 23, item 5: with epsilon=0 a set of equal entries has variance exactly 0; its
+    output is the bias (0 without one) and every gradient is finite (flax and PyTorch give NaN)."""
+    rng = np.random.default_rng(12)
+    x = np.full(case.shape, -1.75, np.float32)
+    scale, bias = params(case, rng, np.float32)
+    fn = lambda x, s, b: _with_epsilon_zero(case)(x, s, b)  # noqa: E731
+    y = jax.jit(fn)(x, scale, bias)
+    want = case.ref(x.astype(np.float64), 0 * scale, bias, None) if case.has_bias else np.zeros(x.shape)
+    if case.name == "rms_norm":  # uncentered: a constant normalizes to ±1, not 0
+        want = case.ref(x.astype(np.float64), scale, bias, None)
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-6)
+    cot = rng.standard_normal(case.shape).astype(np.float32)
+    argnums = (0, 1, 2) if case.has_bias else (0, 1)
+    grads = jax.jit(jax.grad(lambda x, s, b: jnp.sum(fn(x, s, b) * cot), argnums=argnums))(x, scale, bias)
+    for g in grads:
+        assert np.isfinite(np.asarray(g)).all()
+
+
+def _with_epsilon_zero(case):
+    """``case.fn`` with epsilon=0 (the cases' functions take the library default)."""
+    import jaxnorm as jn
+
+    name = case.name
+    if name.startswith("layer_norm"):
+        axis = -1 if name == "layer_norm" else (1, 3)
+        return lambda x, s, b: jn.layer_norm(x, s, b, axis=axis, epsilon=0.0)
+    if name == "rms_norm":
+        return lambda x, s, b: jn.rms_norm(x, s, epsilon=0.0)
+    if name.startswith("group_norm"):
+        groups, axis = {"group_norm_nchw": (2, 1), "group_norm_nhwc": (3, -1), "group_norm_3d": (3, -1),
+                        "group_norm_no_spatial": (2, -1), "group_norm_one_per_set": (8, -1)}.get(name, (2, -1))
+        return lambda x, s, b: jn.group_norm(x, s, b, num_groups=groups, channel_axis=axis, epsilon=0.0)
+    axis = 1 if name == "instance_norm_ncw" else -1
+    return lambda x, s, b: jn.instance_norm(x, s, b, channel_axis=axis, epsilon=0.0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf, 1e30])
 def test_masked_entries_change_nothing(case, poison):
     rng, x, scale, bias = _inputs(case, seed=5)
