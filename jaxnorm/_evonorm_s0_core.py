@@ -28,7 +28,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxnorm._lowering import lower_per_platform
 from jaxnorm._reduction import inverse_std

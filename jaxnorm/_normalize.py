@@ -27,21 +27,18 @@ output. The CPU program arranges it for XLA:CPU instead
 Reverse mode stores only ``x`` and the per-set statistics
 (``jax.checkpoint``) and recomputes ``x̂``, fused, in the backward pass. The
 rule is written so that its transpose is the hand-derived backward with the
-fewest passes over the data (see ``_tangent_fine`` and ``_tangent_full``):
-per-set sums of ``g`` and ``x̂·g`` (taken once, and shared with ``dγ`` and
-``dβ`` where the parameters are constant along some reduced axes), then one
-elementwise pass for ``dx``. The tangent map is traced for each platform
-(:func:`jaxnorm._lowering.lower_per_platform`): in the CPU program, where two
-of those passes would share a full-size value, they compute it in different
-views (:func:`jaxnorm._xla_cpu.view`) so that XLA:CPU recomputes it rather
-than storing it; elsewhere the views are the identity.
+fewest passes over the data (``_tangent``): per-set sums of ``γ·g`` and
+``γ·(x − shift)·g``, which need no statistics and so share a read of
+``(x, g)``, then one elementwise pass for ``dx`` and ``dγ``. The CPU program
+transposes the same math arranged for XLA:CPU
+(:func:`jaxnorm._xla_cpu.normalize_tangent`), through
+:func:`jaxnorm._lowering.lower_per_platform`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp

@@ -34,7 +34,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxnorm._pooled import PooledSpec, frozen
 from jaxnorm._lowering import lower_per_platform

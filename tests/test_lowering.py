@@ -23,6 +23,7 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 from jax import export
+from jax.test_util import check_grads
 
 import jaxnorm as jn
 import jaxnorm.linen as jl
@@ -279,7 +280,7 @@ def test_primitive_under_every_transformation():
     }
     for name, (got, want) in checks.items():
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6, err_msg=name)
-    jax.test_util.check_grads(_toy, (x,), order=2, modes=("fwd", "rev"), atol=5e-2, rtol=5e-2)
+    check_grads(_toy, (x,), order=2, modes=("fwd", "rev"), atol=5e-2, rtol=5e-2)
 
 
 def test_env_var_runs_the_accelerator_program_on_the_cpu():
