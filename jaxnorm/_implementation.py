@@ -32,7 +32,7 @@ def resolve_implementation(fn: str, implementation):
         return implementation
     raise ValueError(
         f"{fn}: implementation must be one of {IMPLEMENTATIONS}, got "
-        f"{implementation!r}; use implementation=None to pick automatically"
+        f"{implementation!r}; use implementation=None (the XLA path)"
     )
 
 
