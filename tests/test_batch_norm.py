@@ -725,7 +725,7 @@ ERROR_CASES = [
     _ecase("epsilon_negative", X, dict(training=True, epsilon=-1.0), ValueError,
            r"^batch_norm: epsilon must be a finite number >= 0"),
     _ecase("where_shape", X, dict(training=True, where=np.ones((2, 5), bool)), ValueError,
-           r"^batch_norm: where must have the input's rank 3"),
+           r"^batch_norm: where must broadcast to the input's shape \(2, 3, 5\) .*got shape \(2, 5\)"),
     _ecase("where_dtype", X, dict(training=True, where=np.ones(X, np.float32)), TypeError,
            r"^batch_norm: where must be a boolean mask"),
 ]
