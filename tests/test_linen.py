@@ -237,7 +237,6 @@ def test_output_dtype_follows_flax():
         (jnl.BatchNorm(use_running_average=False, axis=(1, 2)), NotImplementedError, "several feature axes"),
         (jnl.InstanceNorm(feature_axes=7), ValueError, "feature_axes=7"),
         (jnl.LayerNorm(axis_name="d"), NotImplementedError, "axis_name='d'"),
-        (jnl.LayerNorm(reduction_axes=-1, feature_axes=1), NotImplementedError, "feature_axes"),
         (jnl.EvoNormS0(num_groups=2), ValueError, "evonorm_s0: 3 channels cannot be split"),
     ],
 )
