@@ -30,6 +30,8 @@ def _prepare(fn, x, params, axis, feature_axes, epsilon, where, masked_output, i
     axes = v.canonical_axes(fn, axis, x.ndim, x.shape)
     if feature_axes is None:
         features = axes
+    elif isinstance(feature_axes, (tuple, list)) and not feature_axes:
+        features = ()  # one scalar scale and bias
     else:
         features = v.canonical_axes(fn, feature_axes, x.ndim, x.shape, name="feature_axes")
     epsilon = v.check_epsilon(fn, epsilon)
@@ -106,7 +108,8 @@ def layer_norm(
       feature_axes: int or sequence of ints, the axes ``scale`` and ``bias``
         run along (flax's ``feature_axes``); None (default) means ``axis``.
         They may lie outside ``axis``: ``axis=1, feature_axes=2`` on a
-        ``(N, T, D)`` input normalizes over ``T`` and scales along ``D``.
+        ``(N, T, D)`` input normalizes over ``T`` and scales along ``D``;
+        ``()`` means scalar parameters.
       masked_output: ``"zero"`` (default): masked entries output 0 (and have
         zero derivative); ``"normalized"``: they are normalized with the
         statistics of the selected entries, as flax's modules do (their

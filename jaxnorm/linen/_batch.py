@@ -65,7 +65,15 @@ class _BatchModule(nn.Module):
             "axis_name": None if initializing else self.axis_name,
             "axis_index_groups": None if initializing else self.axis_index_groups,
         }
-        stats = jn.BatchStats(mean.value, var.value, None if batches is None else batches.value)
+        mean_v, var_v = mean.value, var.value
+        if training:
+            # flax.linen's update momentum·old + (1 − momentum)·batch promotes the stored
+            # statistics to the batch statistics' dtype (float64 inputs under x64, say).
+            wide = jnp.finfo(x.dtype).dtype if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.float32
+            if getattr(self, "force_float32_reductions", True):
+                wide = jnp.promote_types(wide, jnp.float32)
+            mean_v, var_v = (t.astype(jnp.promote_types(t.dtype, wide)) for t in (mean_v, var_v))
+        stats = jn.BatchStats(mean_v, var_v, None if batches is None else batches.value)
         y, new = core(x, scale, bias, stats, kwargs)
         if training and not initializing:
             mean.value, var.value = new.mean, new.var
