@@ -10,7 +10,15 @@ from flax.linen import initializers
 
 import jaxnorm as jn
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM
-from jaxnorm.linen._common import affine_params, as_mask, merge_training, output_dtype, running_stats, single_axis
+from jaxnorm.linen._common import (
+    affine_params,
+    as_mask,
+    axes_tuple,
+    merge_training,
+    output_dtype,
+    running_stats,
+    single_axis,
+)
 
 __all__ = ["BatchNorm", "BatchRenorm", "EvoNormB0", "RepresentativeBatchNorm", "SwitchableNorm"]
 
@@ -43,20 +51,30 @@ class _BatchModule(nn.Module):
         c = single_axis(type(self).__name__, "axis", self.axis, jnp.ndim(x), jnp.shape(x))
         return jnp.shape(x)[c]
 
-    def _run(self, x, use_running_average, core, *extra_params, count: bool = False):
+    def _run(self, x, use_running_average, core, *extra_params, count: bool = False, features=None):
         """Declare the variables, make the core call, write the statistics back in training.
 
         ``count``: also keep the number of training batches seen, ``count``
         (int32 scalar, zero) in ``batch_stats``: PyTorch's cumulative average.
+        ``features``: several feature axes (BatchNorm's ``axis`` tuple): the
+        parameters and statistics have their shape, and ``x`` reaches the
+        core with them moved last and merged into one channel axis (``core``
+        receives ``x`` in that layout; :func:`merged_features`).
         """
         name = type(self).__name__
         training = not merge_training(self.use_running_average, use_running_average)
         x = jnp.asarray(x)
-        c = single_axis(name, "axis", self.axis, x.ndim, x.shape)
-        scale, bias = affine_params(self, (x.shape[c],))
+        if features is None:
+            c = single_axis(name, "axis", self.axis, x.ndim, x.shape)
+            feature_shape, restore = (x.shape[c],), None
+        else:
+            feature_shape = tuple(x.shape[a] for a in features)
+            x, restore = merged_features(x, features)
+            c = x.ndim - 1
+        scale, bias = affine_params(self, feature_shape)
         # flax.linen keeps float32 statistics unless force_float32_reductions=False.
         stats_dtype = jnp.float32 if getattr(self, "force_float32_reductions", True) else self.param_dtype
-        mean, var = running_stats(self, (x.shape[c],), stats_dtype)
+        mean, var = running_stats(self, feature_shape, stats_dtype)
         batches = self.variable("batch_stats", "count", lambda: jnp.zeros((), jnp.int32)) if count else None
         x, dtype = output_dtype(self.dtype, x, scale, bias, *extra_params)
         initializing = self.is_initializing()
@@ -73,13 +91,29 @@ class _BatchModule(nn.Module):
             if getattr(self, "force_float32_reductions", True):
                 wide = jnp.promote_types(wide, jnp.float32)
             mean_v, var_v = (t.astype(jnp.promote_types(t.dtype, wide)) for t in (mean_v, var_v))
-        stats = jn.BatchStats(mean_v, var_v, None if batches is None else batches.value)
-        y, new = core(x, scale, bias, stats, kwargs)
+        flat = (lambda t: t) if restore is None else (lambda t: None if t is None else jnp.reshape(t, (-1,)))
+        stats = jn.BatchStats(flat(mean_v), flat(var_v), None if batches is None else batches.value)
+        y, new = core(x, flat(scale), flat(bias), stats, kwargs)
         if training and not initializing:
-            mean.value, var.value = new.mean, new.var
+            mean.value, var.value = (jnp.reshape(t, feature_shape) for t in (new.mean, new.var))
             if batches is not None:
                 batches.value = new.count
+        y = y if restore is None else restore(y)
         return y.astype(dtype)
+
+
+def merged_features(x, features):
+    """``x`` with the ``features`` axes moved last and merged into one, and the way back (layout only).
+
+    Returns ``(x_merged, restore)``; ``restore`` undoes it for an array of
+    ``x_merged``'s shape.
+    """
+    others = tuple(a for a in range(x.ndim) if a not in features)
+    perm = others + tuple(features)
+    moved_shape = tuple(x.shape[a] for a in perm)
+    inverse = tuple(perm.index(a) for a in range(x.ndim))
+    merged = jnp.transpose(x, perm).reshape(moved_shape[: len(others)] + (-1,))
+    return merged, lambda y: jnp.transpose(jnp.reshape(y, moved_shape), inverse)
 
 
 class BatchNorm(_BatchModule):
@@ -97,6 +131,9 @@ class BatchNorm(_BatchModule):
     the statistics and normalized like the others; complex inputs have a
     complex mean and the real variance ``E|x − μ|²``; one value per channel
     in training warns and outputs ``bias``.
+
+    ``axis`` may name several feature axes, as in flax.linen: the
+    parameters and running statistics then have their shape.
 
     Extra fields: ``virtual_batch_size`` (Ghost BatchNorm) and
     ``convention``: ``"torch"`` makes ``momentum`` PyTorch's update weight
@@ -125,6 +162,13 @@ class BatchNorm(_BatchModule):
           The normalized input, same shape.
         """
         mask = as_mask(mask)
+        features = None
+        if isinstance(self.axis, (tuple, list)) and len(self.axis) > 1:
+            x = jnp.asarray(x)
+            features = axes_tuple(type(self).__name__, "axis", self.axis, x.ndim, x.shape)
+            if len(features) > 1 and mask is not None:
+                mask = merged_features(jnp.broadcast_to(mask, x.shape), features)[0]
+            features = features if len(features) > 1 else None
 
         def core(x, scale, bias, stats, kwargs):
             return jn.batch_norm(
@@ -132,7 +176,8 @@ class BatchNorm(_BatchModule):
                 convention=self.convention, masked_output="normalized", **kwargs,
             )
 
-        return self._run(x, use_running_average, core, count=self.convention == "torch" and self.momentum is None)
+        count = self.convention == "torch" and self.momentum is None
+        return self._run(x, use_running_average, core, count=count, features=features)
 
 
 class BatchRenorm(_BatchModule):
