@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 
 from jaxnorm import _validate as v
 from jaxnorm._implementation import kernels, resolve_implementation, triton_unsupported, use_triton
@@ -53,13 +54,26 @@ def _prepare(fn, x, params, axis, feature_axes, epsilon, where, masked_output, i
 
 
 def _on_triton(fn, x, params, axes, features_apart, mask, epsilon, implementation, center):
-    """The output from the Triton kernels (x as ``(rows, features)``, one group), or None for XLA."""
+    """The output from the Triton kernels (x as ``(rows, features)``, one group), or None for XLA.
+
+    Parameters over some of the normalized axes (``features_apart`` within
+    ``axes``) are broadcast to the normalized axes' shape for the kernels.
+    """
     features = math.prod(x.shape[a] for a in axes)
+    if features_apart is not None and set(features_apart) <= set(axes):
+        normalized = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+
+        def widen(p):  # a per-example parameter is left as it is, for triton_unsupported to refuse
+            per_example = p is not None and any(p.shape[a] != 1 for a in range(x.ndim) if a not in axes)
+            return p if p is None or per_example else jnp.broadcast_to(p, normalized)
+
+        params = {k: widen(p) for k, p in params.items()}
+        features_apart = None
     unsupported = triton_unsupported(x, params, where=mask, per_channel_size=features)
     if unsupported is None and axes != tuple(range(x.ndim - len(axes), x.ndim)):
         unsupported = f"axis={axes} (trailing axes only)"
     if unsupported is None and features_apart is not None:
-        unsupported = f"feature_axes={features_apart} (parameters over the normalized axes only)"
+        unsupported = f"feature_axes={features_apart} outside axis={axes} (parameters over the normalized axes only)"
     if not use_triton(fn, implementation, unsupported):
         return None
     flat = [None if p is None else p.reshape(features) for p in params.values()]
