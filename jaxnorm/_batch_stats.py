@@ -16,7 +16,7 @@ class BatchStats(NamedTuple):
     """Running mean and biased variance per channel, for the BatchNorm family.
 
     Attributes:
-      mean: ``(C,)`` running mean.
+      mean: ``(C,)`` running mean (complex once a complex batch is folded in).
       var: ``(C,)`` running variance (biased in the Flax convention, unbiased
         in PyTorch's).
       count: number of training batches seen (a scalar), or None. Needed only
