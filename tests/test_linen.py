@@ -97,7 +97,8 @@ def test_batch_norm_init_updates_nothing_and_training_flag_from_either_place():
     y1, upd = module.apply(variables, X, use_running_average=False, mutable=["batch_stats"])
     y2, upd2 = jnl.BatchNorm(use_running_average=False, **F64).apply(variables, X, mutable=["batch_stats"])
     np.testing.assert_array_equal(y1, y2)
-    ref_y, ref_stats = jn.batch_norm(X, np.ones(3), np.zeros(3), jn.BatchStats.init(3), training=True)
+    # float64 statistics: in training the module's float32 ones are promoted to the float64 batch's, as flax.linen's
+    ref_y, ref_stats = jn.batch_norm(X, np.ones(3), np.zeros(3), jn.BatchStats.init(3, jnp.float64), training=True)
     np.testing.assert_allclose(y1, ref_y, **TOL)
     np.testing.assert_allclose(upd["batch_stats"]["mean"], ref_stats.mean, **TOL)
     with pytest.raises(ValueError, match="use_running_average"):
@@ -174,8 +175,8 @@ def _core_check(module, core, x=X, train=True, extra_names=()):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_family_modules_call_their_core(train):
-    def stats(s):
-        return jn.BatchStats(s["mean"], s["var"])
+    def stats(s):  # promoted to the float64 batch's dtype, as the modules (and flax.linen) do in training
+        return jn.BatchStats(jnp.asarray(s["mean"], jnp.float64), jnp.asarray(s["var"], jnp.float64))
 
     _core_check(
         jnl.BatchRenorm(r_max=2.0, d_max=1.0, **F64),
