@@ -21,10 +21,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.test_util import check_grads
 import optax
 import pytest
 from flax import linen as nn
+from jax.test_util import check_grads
 
 import jaxnorm as jn
 import jaxnorm.linen as jl
