@@ -192,8 +192,8 @@ def batch_norm(
     s = setup(
         fn, x, scale, bias, stats, training=training, channel_axis=channel_axis,
         epsilon=epsilon, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        where=where, virtual_batch_size=virtual_batch_size, convention=convention,
-        allow_complex=True,
+        where=where, virtual_batch_size=virtual_batch_size,
+        single_value="error" if convention == "torch" else "warn", allow_complex=True,
     )
     if not training:
         y = running_normalize(s, s.stats.mean, s.stats.var, s.scale, s.bias, masked_output=masked_output)

@@ -108,19 +108,19 @@ def setup(
     axis_index_groups,
     where,
     virtual_batch_size=None,
-    convention: str = "flax",
+    single_value: str = "error",
     allow_complex: bool = False,
 ) -> BatchSetup:
     """Validate a BatchNorm-family call and build its reduction sets.
 
     A training reduction over a single value per channel (a ``(1, C)``
     batch, or one example per member inside ``vmap``/``scan`` without
-    ``axis_name``) gives ``var = 0``, so the output is ``bias``: with
-    ``convention="torch"`` it raises as PyTorch does, otherwise it warns
-    (flax accepts it).
+    ``axis_name``) gives ``var = 0``, so the output is ``bias``.
 
     Args:
-      convention: ``"flax"`` or ``"torch"``, for the single-value check.
+      single_value: what such a reduction does: ``"error"`` (PyTorch's
+        convention, and the default) raises; ``"warn"`` (the Flax
+        convention of :func:`jaxnorm.batch_norm`: flax accepts it) warns.
       allow_complex: accept a complex input (and complex parameters or
         running mean): :func:`jaxnorm.batch_norm` only.
 
@@ -129,7 +129,7 @@ def setup(
         allowed, a non-bool ``training``.
       ValueError: wrong parameter/statistics shapes, bad axes, an unbound
         ``axis_name``, a batch not divisible by ``virtual_batch_size``, or
-        (``convention="torch"``) a training reduction over a single value
+        (``single_value="error"``) a training reduction over a single value
         per channel.
     """
     if not isinstance(training, bool):
@@ -198,12 +198,11 @@ def setup(
             + (f", {members} member(s) across axis_name={axis_name!r}" if axis_name is not None else "")
             + ")"
         )
-        if convention == "torch":
+        if single_value != "warn":
             raise ValueError(
                 f"{fn}: expected more than 1 value per channel when training, got {where_from}; "
-                f"batch statistics of one value are meaningless (PyTorch's convention refuses "
-                f"them): use a larger batch, training=False, or a batch-independent norm such "
-                f"as group_norm"
+                f"batch statistics of one value are meaningless: use a larger batch, "
+                f"training=False, or a batch-independent norm such as group_norm"
             )
         warnings.warn(
             f"{fn}: one value per channel when training ({where_from}): the batch variance is "
