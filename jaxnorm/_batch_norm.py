@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnorm import _validate as v
 from jaxnorm._batch_setup import BatchSetup, by_channel, setup
 from jaxnorm._batch_stats import (
     DEFAULT_MOMENTUM,
@@ -14,12 +15,12 @@ from jaxnorm._batch_stats import (
 from jaxnorm._normalize import NormSpec, normalize_with_stats
 from jaxnorm._params import apply_affine
 from jaxnorm._reduction import inverse_std
-from jaxnorm._stats import Moments, compute_dtype
+from jaxnorm._stats import Moments, compute_dtype, moments
 
 __all__ = ["batch_moments", "batch_norm", "fold_batch", "pool_batch", "running_normalize"]
 
 
-def batch_moments(s: BatchSetup, x=None, scale=None, bias=None):
+def batch_moments(s: BatchSetup, x=None, scale=None, bias=None, masked_output: str = "zero"):
     """Normalize ``x`` (default ``s.x``) with its batch statistics.
 
     Returns:
@@ -27,20 +28,74 @@ def batch_moments(s: BatchSetup, x=None, scale=None, bias=None):
       :class:`~jaxnorm._stats.Moments` per set (keepdims shapes, no gradient).
     """
     x = s.x if x is None else x
-    spec = NormSpec(s.reduction, s.epsilon, center=True)
+    spec = NormSpec(s.reduction, s.epsilon, center=True, masked_output=masked_output)
     y, *stats = normalize_with_stats(x, scale, bias, s.where, spec)
     return s.restore(y), Moments(*stats)
 
 
-def running_normalize(s: BatchSetup, mean, var, scale=None, bias=None, x=None):
-    """``(x − mean)·rsqrt(var + ε)·scale + bias`` with given ``(C,)`` statistics."""
+def _real_dtype(dtype):
+    """``dtype`` itself, or the real dtype of its parts when complex."""
+    return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.dtype(dtype)
+
+
+def running_normalize(s: BatchSetup, mean, var, scale=None, bias=None, x=None, masked_output: str = "zero"):
+    """``(x − mean)·rsqrt(var + ε)·scale + bias`` with given ``(C,)`` statistics.
+
+    Masked entries output 0 (``masked_output="zero"``) or are normalized like
+    the others (``"normalized"``).
+    """
     x = s.x if x is None else x
     dtype = compute_dtype(x.dtype)
-    mean, var = (s.channel_shaped(jnp.asarray(t, dtype)) for t in (mean, var))
-    y = apply_affine((x.astype(dtype) - mean) * inverse_std(var, s.epsilon), scale, bias)
-    if s.where is not None:
+    mean = s.channel_shaped(jnp.asarray(mean, jnp.promote_types(dtype, jnp.result_type(mean))))
+    var = s.channel_shaped(jnp.asarray(var, _real_dtype(dtype)))
+    y = apply_affine((x.astype(mean.dtype) - mean) * inverse_std(var, s.epsilon), scale, bias)
+    if s.where is not None and masked_output == "zero":
         y = jnp.where(s.where, y, 0)
-    return s.restore(y.astype(x.dtype))
+    return s.restore(y.astype(jnp.promote_types(x.dtype, y.dtype) if jnp.iscomplexobj(y) else x.dtype))
+
+
+def _complex_moments(s: BatchSetup, scale, bias, masked_output: str):
+    """Complex BatchNorm as flax defines it: ``y = (x − μ)·rsqrt(σ² + ε)·scale + bias``.
+
+    ``μ = E[Re x] + i·E[Im x]`` and the real ``σ² = E|x − μ|² = Var[Re x] +
+    Var[Im x]``. The moments of the real and imaginary parts are the exact
+    shifted moments of :func:`jaxnorm._stats.moments`, taken in one call
+    (and one collective across ``axis_name``) on the parts stacked along a
+    new last axis; ``x − μ`` is formed part by part as ``(x − shift) −
+    mean_shifted``. Differentiated by JAX through those moments (a real
+    loss of the output gives JAX's conjugate gradient, as for flax).
+
+    Returns:
+      ``(y, (mean, var, count))``: the output in the caller's shape, and the
+      per-set complex mean, real variance and entry count (keepdims shapes,
+      no gradient).
+    """
+    x = s.x
+    dtype = compute_dtype(x.dtype)
+    real = _real_dtype(dtype)
+    parts = (jnp.real(x).astype(real), jnp.imag(x).astype(real))
+    where = None if s.where is None else s.where[..., None]
+    mo = moments(jnp.stack(parts, axis=-1), s.reduction, where=where)
+    shift, mean_shifted, var2 = (jnp.moveaxis(t, -1, 0) for t in (mo.shift, mo.mean_shifted, mo.var))
+    count = mo.count if jnp.ndim(mo.count) == 0 else mo.count[..., 0]
+    var = var2[0] + var2[1]
+    centred = [(p - sh) - m for p, sh, m in zip(parts, shift, mean_shifted)]
+    if s.where is not None:
+        # Selected before any product, so that no masked value (NaN included)
+        # meets a zero cotangent; "normalized" keeps them for the output only.
+        selected = [jnp.where(s.where, c, 0) for c in centred]
+        if masked_output == "zero":
+            centred = selected
+    c = lax.complex(*centred)
+    rstd = inverse_std(var, s.epsilon)
+    a = rstd if scale is None else rstd * scale
+    y = c * a if bias is None else c * a + bias
+    if s.where is not None and masked_output == "zero":
+        y = jnp.where(s.where, y, 0)
+    y = y.astype(jnp.promote_types(x.dtype, y.dtype))
+    mean = lax.complex(shift[0] + mean_shifted[0], shift[1] + mean_shifted[1])
+    stats = tuple(lax.stop_gradient(t) for t in (mean, var, count))
+    return s.restore(y), stats
 
 
 def batch_norm(
@@ -58,6 +113,7 @@ def batch_norm(
     where=None,
     virtual_batch_size: int | None = None,
     convention: str = "flax",
+    masked_output: str = "zero",
 ):
     """Batch normalization (Ioffe & Szegedy 2015), Ghost BatchNorm (Hoffer et al. 2017).
 
@@ -74,6 +130,18 @@ def batch_norm(
     the variance stored unbiased (``·n/(n − 1)``), and ``momentum=None`` is
     the cumulative average over ``stats.count`` batches.
 
+    Complex inputs follow flax.linen's complex BatchNorm: the mean is
+    complex, ``E[Re x] + i·E[Im x]``, and the variance real,
+    ``E|x − μ|² = Var[Re x] + Var[Im x]``; a real running mean becomes
+    complex when a complex batch is folded in (``momentum·old + (1 −
+    momentum)·mean``), the running variance stays real. Scale and bias may
+    be real or complex.
+
+    One value per channel in training (a ``(1, C)`` batch, or one example
+    per member inside ``vmap``/``scan`` without ``axis_name``) gives a zero
+    variance, so the output is ``bias``: the Flax convention warns and goes
+    on, as flax does; PyTorch's raises, as PyTorch does.
+
     The same call serves a batch and a single example: inside
     ``jax.vmap(..., axis_name="batch")`` on per-example inputs it equals the
     call on the whole batch, and under ``pmap``/``shard_map`` it uses the
@@ -82,7 +150,7 @@ def batch_norm(
     batch no ``axis_name`` is needed.
 
     Args:
-      x: floating array ``(N, ..., C)`` (or ``(N, C, ...)`` with
+      x: floating or complex array ``(N, ..., C)`` (or ``(N, C, ...)`` with
         ``channel_axis=1``); inside ``vmap`` one example, e.g. ``(..., C)``.
       scale: None, ``(C,)``, or per example ``(N, C)`` (conditional BN).
       bias: like ``scale``.
@@ -94,12 +162,17 @@ def batch_norm(
       channel_axis: the channel axis (default -1).
       axis_name: name(s) of the vmap/pmap/shard_map axis to pool across.
       axis_index_groups: pool within these groups of members only (pmap).
-      where: optional boolean mask of ``x``'s rank (each axis equal or 1):
-        False entries (padding) are left out of the statistics and output 0.
+      where: optional boolean mask that broadcasts to ``x`` (NumPy rules):
+        False entries (padding) are left out of the statistics; their
+        outputs are set by ``masked_output``.
       virtual_batch_size: Ghost BatchNorm: split axis 0 into virtual batches
         of this size, each normalized with its own statistics; the running
         statistics receive their count-weighted average.
       convention: ``"flax"`` or ``"torch"`` (see above).
+      masked_output: ``"zero"`` (default): masked entries output 0 (zero
+        derivative); ``"normalized"``: they are normalized like the others,
+        with the statistics of the selected entries (flax's modules; in
+        inference the mask then changes nothing).
 
     Returns:
       ``(y, new_stats)``: ``y`` with ``x``'s shape and dtype; ``new_stats``
@@ -111,19 +184,27 @@ def batch_norm(
       ValueError: parameters or statistics of the wrong shape, axes out of
         range, an unbound ``axis_name``, a batch not divisible by
         ``virtual_batch_size``, a training reduction over one value per
-        channel, an invalid momentum or convention.
+        channel with ``convention="torch"``, an invalid momentum,
+        convention or masked_output.
     """
     fn = "batch_norm"
     weights = resolve_momentum(fn, momentum, convention)
+    masked_output = v.check_masked_output(fn, masked_output)
     s = setup(
         fn, x, scale, bias, stats, training=training, channel_axis=channel_axis,
         epsilon=epsilon, axis_name=axis_name, axis_index_groups=axis_index_groups,
         where=where, virtual_batch_size=virtual_batch_size,
+        single_value="error" if convention == "torch" else "warn", allow_complex=True,
     )
     if not training:
-        return running_normalize(s, s.stats.mean, s.stats.var, s.scale, s.bias), s.stats
-    y, mo = batch_moments(s, scale=s.scale, bias=s.bias)
-    mean, var, count = pool_batch(s, mo.mean, mo.var, mo.count, unbiased=convention == "torch")
+        y = running_normalize(s, s.stats.mean, s.stats.var, s.scale, s.bias, masked_output=masked_output)
+        return y, s.stats
+    if jnp.iscomplexobj(s.x):
+        y, (mean, var, count) = _complex_moments(s, s.scale, s.bias, masked_output)
+    else:
+        y, mo = batch_moments(s, scale=s.scale, bias=s.bias, masked_output=masked_output)
+        mean, var, count = mo.mean, mo.var, mo.count
+    mean, var, count = pool_batch(s, mean, var, count, unbiased=convention == "torch")
     new = update_stats(s.stats, mean, var, count, weights=weights, unbiased=False, fn=fn)
     return y, new
 

@@ -73,6 +73,9 @@ def batch_renorm(
     Returns:
       ``(y, new_stats)`` as :func:`jaxnorm.batch_norm`.
 
+    One value per channel in training warns (as :func:`jaxnorm.batch_norm`
+    in the Flax convention): ``var_B = 0`` and the output is ``d·scale + bias``.
+
     Raises:
       TypeError, ValueError: as :func:`jaxnorm.batch_norm`; r_max < 1 or
         d_max < 0.
@@ -84,7 +87,7 @@ def batch_renorm(
     s = setup(
         fn, x, scale, bias, stats, training=training, channel_axis=channel_axis,
         epsilon=epsilon, axis_name=axis_name, axis_index_groups=axis_index_groups,
-        where=where,
+        where=where, single_value="warn",
     )
     scale, bias = s.scale, s.bias
     if not training:

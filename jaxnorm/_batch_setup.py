@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxnorm import _validate as v
@@ -106,14 +108,29 @@ def setup(
     axis_index_groups,
     where,
     virtual_batch_size=None,
+    single_value: str = "error",
+    allow_complex: bool = False,
 ) -> BatchSetup:
     """Validate a BatchNorm-family call and build its reduction sets.
 
+    A training reduction over a single value per channel (a ``(1, C)``
+    batch, or one example per member inside ``vmap``/``scan`` without
+    ``axis_name``) gives ``var = 0``, so the output is ``bias``.
+
+    Args:
+      single_value: what such a reduction does: ``"error"`` (PyTorch's
+        convention, and the default) raises; ``"warn"`` (the Flax
+        convention of :func:`jaxnorm.batch_norm`: flax accepts it) warns.
+      allow_complex: accept a complex input (and complex parameters or
+        running mean): :func:`jaxnorm.batch_norm` only.
+
     Raises:
-      TypeError: integer inputs or parameters, a non-bool ``training``.
+      TypeError: integer inputs or parameters, complex ones where not
+        allowed, a non-bool ``training``.
       ValueError: wrong parameter/statistics shapes, bad axes, an unbound
-        ``axis_name``, a batch not divisible by ``virtual_batch_size``, or a
-        training reduction over a single value per channel.
+        ``axis_name``, a batch not divisible by ``virtual_batch_size``, or
+        (``single_value="error"``) a training reduction over a single value
+        per channel.
     """
     if not isinstance(training, bool):
         raise TypeError(
@@ -121,12 +138,12 @@ def setup(
             f"{type(training).__name__}; pass training=True to use and update the "
             f"batch statistics, training=False to use the running ones"
         )
-    x = v.check_floating(fn, x)
+    x = _check_input(fn, x, allow_complex)
     v.check_min_rank(fn, x, 1, "..., channels", "pass at least a channel axis, e.g. x[None]")
     c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")
     channels = x.shape[c_axis]
     epsilon = v.check_epsilon(fn, epsilon)
-    stats = check_stats(fn, stats, channels, x.shape)
+    stats = check_stats(fn, stats, channels, x.shape, allow_complex=allow_complex)
     members = _check_axis_name(fn, axis_name, axis_index_groups)
     has_batch = x.ndim >= 2 and c_axis != 0
     allowed = {"per channel": (channels,)}
@@ -134,7 +151,7 @@ def setup(
         allowed["per example"] = (x.shape[0], channels)
     params = []
     for name, p in (("scale", scale), ("bias", bias)):
-        p, kind = v.check_param(fn, name, p, allowed, x.shape)
+        p, kind = v.check_param(fn, name, p, allowed, x.shape, allow_complex=allow_complex)
         positions = (c_axis,) if kind == "per channel" else (0, c_axis)
         params.append(expand_to(p, x.ndim, positions))
     mask = v.check_where(fn, where, x.shape)
@@ -176,12 +193,22 @@ def setup(
 
     per_set = math.prod(x.shape[a] for a in axes) * members
     if training and per_set == 1:
-        raise ValueError(
-            f"{fn}: expected more than 1 value per channel when training, got input "
-            f"shape {shape} (channel_axis={channel_axis}"
+        where_from = (
+            f"input shape {shape} (channel_axis={channel_axis}"
             + (f", {members} member(s) across axis_name={axis_name!r}" if axis_name is not None else "")
-            + "); batch statistics of one value are meaningless: use a larger batch, "
-            "training=False, or a batch-independent norm such as group_norm"
+            + ")"
+        )
+        if single_value != "warn":
+            raise ValueError(
+                f"{fn}: expected more than 1 value per channel when training, got {where_from}; "
+                f"batch statistics of one value are meaningless: use a larger batch, "
+                f"training=False, or a batch-independent norm such as group_norm"
+            )
+        warnings.warn(
+            f"{fn}: one value per channel when training ({where_from}): the batch variance is "
+            f"0 and the output is the bias. Inside vmap/scan, pass axis_name to pool the "
+            f"members; otherwise use a larger batch or training=False",
+            stacklevel=3,
         )
     reduction = Reduction(
         axes,
@@ -189,6 +216,19 @@ def setup(
         axis_index_groups=None if axis_index_groups is None else tuple(tuple(g) for g in axis_index_groups),
     )
     return BatchSetup(x, shape, c_axis, channels, params[0], params[1], mask, stats, reduction, epsilon)
+
+
+def _check_input(fn, x, allow_complex):
+    """``x`` as an array: floating, or complex where ``allow_complex``."""
+    if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
+        if allow_complex:
+            return jnp.asarray(x)
+        raise TypeError(
+            f"{fn}: complex inputs are supported by batch_norm only (flax's complex "
+            f"BatchNorm), got dtype {jnp.result_type(x)} (shape {np.shape(x)}); normalize the "
+            f"real and imaginary parts separately, or use jaxnorm.batch_norm"
+        )
+    return v.check_floating(fn, x)
 
 
 def by_channel(t: jax.Array, setup: BatchSetup) -> jax.Array:

@@ -16,7 +16,7 @@ class BatchStats(NamedTuple):
     """Running mean and biased variance per channel, for the BatchNorm family.
 
     Attributes:
-      mean: ``(C,)`` running mean.
+      mean: ``(C,)`` running mean (complex once a complex batch is folded in).
       var: ``(C,)`` running variance (biased in the Flax convention, unbiased
         in PyTorch's).
       count: number of training batches seen (a scalar), or None. Needed only
@@ -92,8 +92,12 @@ def resolve_momentum(fn: str, momentum, convention: str):
     return (1 - momentum, momentum) if convention == "torch" else (momentum, 1 - momentum)
 
 
-def check_stats(fn: str, stats, channels: int, x_shape) -> BatchStats:
-    """Check ``stats`` is a BatchStats-like pair of ``(C,)`` arrays."""
+def check_stats(fn: str, stats, channels: int, x_shape, *, allow_complex: bool = False) -> BatchStats:
+    """Check ``stats`` is a BatchStats-like pair of ``(C,)`` arrays.
+
+    With ``allow_complex`` (complex inputs) the mean may be complex; the
+    variance is always real.
+    """
     if not isinstance(stats, tuple) or len(stats) not in (2, 3):
         raise TypeError(
             f"{fn}: stats must be a jaxnorm.BatchStats(mean, var), got "
@@ -109,10 +113,13 @@ def check_stats(fn: str, stats, channels: int, x_shape) -> BatchStats:
                 f"shape {tuple(x_shape)} with {channels} channels, got shape {shape}; "
                 f"create matching stats with jaxnorm.BatchStats.init({channels})"
             )
-        if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
+        dtype = jnp.result_type(value)
+        complex_mean = allow_complex and name == "mean" and jnp.issubdtype(dtype, jnp.complexfloating)
+        if not (jnp.issubdtype(dtype, jnp.floating) or complex_mean):
+            kind = "real floating point" if jnp.issubdtype(dtype, jnp.complexfloating) else "floating point"
             raise TypeError(
-                f"{fn}: stats.{name} must be floating point, got dtype "
-                f"{jnp.result_type(value)}; cast it, e.g. stats.{name}.astype(jnp.float32)"
+                f"{fn}: stats.{name} must be {kind}, got dtype "
+                f"{dtype}; cast it, e.g. stats.{name}.astype(jnp.float32)"
             )
     if stats.count is not None and np.shape(stats.count) != ():
         raise ValueError(
@@ -148,8 +155,14 @@ def update_stats(
     seen = count > 0
     new = []
     for old, batch in ((stats.mean, mean), (stats.var, var)):
-        updated = keep * old + weight * batch.astype(old.dtype)
-        new.append(jnp.where(seen, updated, old).astype(old.dtype))
+        # A complex batch mean makes a real running mean complex (flax.linen's
+        # arithmetic: momentum·old + (1 − momentum)·mean).
+        dtype = old.dtype
+        if jnp.iscomplexobj(batch) and not jnp.iscomplexobj(old):
+            dtype = jnp.promote_types(dtype, batch.dtype)
+        old = old.astype(dtype)
+        updated = keep * old + weight * batch.astype(dtype)
+        new.append(jnp.where(seen, updated, old).astype(dtype))
     if batches is not None:
         batches = jnp.where(jnp.any(seen), batches, stats.count).astype(jnp.result_type(stats.count))
     return BatchStats(new[0], new[1], batches)

@@ -12,12 +12,14 @@ from jaxnorm._normalize import NormSpec, normalize
 __all__ = ["group_norm", "instance_norm"]
 
 
-def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, where, min_rank, implementation):
+def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, where, min_rank, implementation,
+                  masked_output):
     """Shared body: normalize each example over its spatial axes and channel groups.
 
     ``num_groups=None`` means one group per channel (InstanceNorm).
     """
     implementation = resolve_implementation(fn, implementation)
+    masked_output = v.check_masked_output(fn, masked_output)
     s = channel_setup(
         fn, x, {"scale": scale, "bias": bias}, channel_axis=channel_axis,
         epsilon=epsilon, where=where, num_groups=num_groups, min_rank=min_rank,
@@ -32,7 +34,7 @@ def _channel_norm(fn, x, scale, bias, *, num_groups, channel_axis, epsilon, wher
             s.x, flat["scale"], flat["bias"], num_groups=num_groups or channels,
             channel_axis=-1 if s.channel_axis == s.x.ndim - 1 else 1, epsilon=s.epsilon,
         )
-    spec = NormSpec(s.reduction(num_groups), s.epsilon, center=True)
+    spec = NormSpec(s.reduction(num_groups), s.epsilon, center=True, masked_output=masked_output)
     return normalize(s.x, s.params["scale"], s.params["bias"], s.where, spec)
 
 
@@ -46,6 +48,7 @@ def group_norm(
     epsilon: float = 1e-5,
     where=None,
     implementation=None,
+    masked_output: str = "zero",
 ) -> jax.Array:
     """Group normalization (Wu & He, ECCV 2018).
 
@@ -69,13 +72,17 @@ def group_norm(
       num_groups: number of channel groups; must divide C.
       channel_axis: the channel axis (default -1, channels last).
       epsilon: added to the variance inside the square root.
-      where: optional boolean mask of ``x``'s rank, each axis equal to
-        ``x``'s or 1. False entries are left out of the statistics (even if
-        they hold NaN) and their outputs are 0.
+      where: optional boolean mask that broadcasts to ``x`` (NumPy rules:
+        fewer axes align on the trailing ones; size-1 axes broadcast).
+        False entries are left out of the statistics (even if they hold
+        NaN); their outputs are set by ``masked_output``.
       implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
         of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
         ValueError where they are unavailable or do not support the call),
         or None: Triton on a GPU where installed and supported, else XLA.
+      masked_output: ``"zero"`` (default): masked entries output 0 (zero
+        derivative); ``"normalized"``: they are normalized with the
+        statistics of their set's selected entries, as flax's modules do.
 
     Returns:
       The normalized array, same shape and dtype as ``x``.
@@ -83,13 +90,15 @@ def group_norm(
     Raises:
       TypeError: for integer inputs or parameters, a non-int num_groups.
       ValueError: num_groups <= 0 or not dividing C, rank < 2, channel_axis
-        out of range or 0, parameters or masks of the wrong shape.
+        out of range or 0, parameters or masks of the wrong shape, an
+        unknown masked_output.
     """
     fn = "group_norm"
     num_groups = v.check_positive_int(fn, "num_groups", num_groups, example=32)
     return _channel_norm(
         fn, x, scale, bias, num_groups=num_groups, channel_axis=channel_axis,
         epsilon=epsilon, where=where, min_rank=2, implementation=implementation,
+        masked_output=masked_output,
     )
 
 
@@ -102,6 +111,7 @@ def instance_norm(
     epsilon: float = 1e-5,
     where=None,
     implementation=None,
+    masked_output: str = "zero",
 ) -> jax.Array:
     """Instance normalization (Ulyanov, Vedaldi & Lempitsky 2016).
 
@@ -124,6 +134,8 @@ def instance_norm(
       where: optional boolean mask, as in :func:`group_norm`.
       implementation: None (automatic), ``"xla"``, or ``"triton"``, as in
         :func:`group_norm`.
+      masked_output: ``"zero"`` (default) or ``"normalized"``, as in
+        :func:`group_norm`.
 
     Returns:
       The normalized array, same shape and dtype as ``x``.
@@ -134,4 +146,5 @@ def instance_norm(
     return _channel_norm(
         "instance_norm", x, scale, bias, num_groups=None, channel_axis=channel_axis,
         epsilon=epsilon, where=where, min_rank=3, implementation=implementation,
+        masked_output=masked_output,
     )

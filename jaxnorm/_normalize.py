@@ -63,6 +63,10 @@ class NormSpec:
       center: subtract the mean (False for RMSNorm).
       shifted: exact shifted moments; False only inside
         :func:`jaxnorm._stats.unshifted_statistics` (measurement).
+      masked_output: what masked (``where=False``) entries output: ``"zero"``
+        (0, with a zero derivative), or ``"normalized"`` (flax's modules:
+        ``(x − μ)·rstd·γ + β`` with the statistics of the selected entries,
+        differentiated as such). Unused without a mask.
       programs: :func:`jaxnorm._lowering.requested` when the spec was made
         (a static setting, so that a cached trace is never reused across
         ``JAXNORM_CPU_LOWERING`` settings).
@@ -72,6 +76,7 @@ class NormSpec:
     epsilon: float
     center: bool = True
     shifted: bool = dataclasses.field(default_factory=shifted_default)
+    masked_output: str = "zero"
     programs: str = dataclasses.field(default_factory=requested)
 
 
@@ -82,8 +87,9 @@ def normalize(x, scale, bias, where, spec: NormSpec) -> jax.Array:
       x: floating input.
       scale, bias: None, or arrays of ``x``'s rank that broadcast against it.
       where: None, or a boolean mask of ``x``'s rank that broadcasts against
-        it. Masked entries are left out of the statistics and their outputs
-        are 0.
+        it. Masked entries are left out of the statistics; their outputs are
+        0, or normalized with the selected entries' statistics
+        (``spec.masked_output``).
       spec: the static settings.
 
     Returns:
@@ -144,6 +150,28 @@ def _finish(y, where, dtype):
     return y.astype(dtype)
 
 
+def _zeroed(spec, where):
+    """The mask by which outputs (and their tangents) are set to 0: ``where``, or None for ``"normalized"``."""
+    return where if spec.masked_output == "zero" else None
+
+
+def _output_centred(spec, x, c, centre, where):
+    """``x − μ`` for the outputs: ``c`` (0 at masked entries) in ``"zero"`` mode.
+
+    In ``"normalized"`` mode the masked entries keep ``(x − shift) − mean_shifted``
+    (``x`` uncentered), as ``c`` was before selection; ``c`` itself (0
+    there) still feeds every mean, so that their transposes never multiply
+    a masked entry's value.
+    """
+    if where is None or spec.masked_output == "zero":
+        return c
+    xc = x.astype(c.dtype)
+    if not spec.center:
+        return xc
+    shift, mean_shifted = centre
+    return (xc - shift) - mean_shifted
+
+
 def _affine(spec, x, c, a, centre, bias):
     """``y = c·a + β`` with ``c = (x − shift) − mean_shifted``.
 
@@ -178,8 +206,9 @@ def _forward(spec, x, scale, bias, where):
     if where is None:
         y = _affine(spec, x, c, a, means.centre, bias)
     else:
+        c = _output_centred(spec, x, c, means.centre, where)
         y = c * a if bias is None else c * a + bias
-    return (_finish(y, where, x.dtype),) + stats
+    return (_finish(y, _zeroed(spec, where), x.dtype),) + stats
 
 
 def _cpu_forward(spec, x, scale, bias):
@@ -250,11 +279,18 @@ def _tangent(spec, x, centre, rstd, count, scale, x_dot, scale_dot, bias_dot):
 
 
 def _masked_jvp(spec, primals, tangents):
-    """The derivative with a mask (entries outside it are 0 and unused)."""
+    """The derivative with a mask (masked entries unused by the statistics).
+
+    ``c`` (0 at masked entries) feeds the means; ``c_out`` the outputs and
+    their tangents, which at masked entries are 0 (``"zero"``) or follow
+    the same formula as the selected entries (``"normalized"``).
+    """
     x, scale, bias, where = primals
     x_dot, scale_dot, bias_dot, _ = tangents
     c, rstd, a, means, stats = _prepare(spec, x, scale, where)
-    y = _finish(c * a if bias is None else c * a + bias, where, x.dtype)
+    c_out = _output_centred(spec, x, c, means.centre, where)
+    zeroed = _zeroed(spec, where)
+    y = _finish(c_out * a if bias is None else c_out * a + bias, zeroed, x.dtype)
 
     g = x_dot.astype(c.dtype)
     # ẏ = γ·rstd·(ẋ − E[ẋ] − x̂·E[ẋ·x̂]) + x̂·γ̇ + β̇, x̂ = c·rstd. The grouping
@@ -272,25 +308,25 @@ def _masked_jvp(spec, primals, tangents):
         v = -a * mean_g if spec.center else None
         if bias is not None:
             v = bias_dot if v is None else v + bias_dot
-        t = a * g + c * u
+        t = a * g + c_out * u
         if v is not None:
             t = t + v
     else:
         # γ varies within a set (LayerNorm, RMSNorm): keep it apart from the
         # per-set factors rather than forming full-size coefficients.
-        xhat = c * rstd
+        xhat, xhat_out = c * rstd, c_out * rstd
         if spec.center:
             mean_gx, mean_g = means(g * xhat, g)
-            inner = g - xhat * mean_gx - mean_g
+            inner = g - xhat_out * mean_gx - mean_g
         else:
-            inner = g - xhat * means(g * xhat)
+            inner = g - xhat_out * means(g * xhat)
         t = rstd * inner
         if scale is not None:
-            t = t * scale + xhat * scale_dot
+            t = t * scale + xhat_out * scale_dot
         if bias is not None:
             t = t + bias_dot
     zeros = tuple(jnp.zeros_like(s) for s in stats)
-    return (y,) + stats, (_finish(t, where, x.dtype),) + zeros
+    return (y,) + stats, (_finish(t, zeroed, x.dtype),) + zeros
 
 
 # Reverse mode keeps x and the per-set statistics only; c = x − μ is

@@ -54,35 +54,46 @@ def _l2_normalize(t, epsilon):
     return t / jnp.where(denominator > 0, denominator, 1)
 
 
-def _power_iteration(mat, u, n_iterations, epsilon):
+def _power_iteration(mat, u, n_iterations, epsilon, recover_from_zero=True):
     """``n_iterations`` of ``v ← N(Wᵀu), u ← N(Wv)``; returns ``(u, v)`` (no gradient).
 
-    A step whose ``Wv`` is exactly 0 (a zero kernel) keeps the previous
-    ``u``, so the iteration recovers once the kernel is no longer zero.
+    A step whose ``Wv`` is exactly 0 (a zero kernel, or ``u = 0``) keeps the
+    previous ``u`` with ``recover_from_zero``, so the iteration recovers
+    once the kernel is no longer zero; without it ``u`` becomes 0 (flax's
+    SpectralNorm), and from ``u = 0`` every later step gives 0 again. A
+    Python loop (``n_iterations`` is static): no ``while`` loop in the
+    program, which GPUs and TPUs run as host-synchronized control flow.
     """
     mat = lax.stop_gradient(mat)
-
-    def step(u):
+    v_ = None
+    for _ in range(n_iterations):
         v_ = _l2_normalize(mat.T @ u, epsilon)
         wv = mat @ v_
-        return jnp.where(jnp.any(wv != 0), _l2_normalize(wv, epsilon), u), v_
-
-    # The first step is taken outside the loop so that the carry already has
-    # the type (e.g. varying across a shard_map axis) the later steps give it.
-    u, v_ = step(u)
-    u, v_ = lax.fori_loop(1, n_iterations, lambda _, carry: step(carry[0]), (u, v_))
+        u_next = _l2_normalize(wv, epsilon)
+        u = jnp.where(jnp.any(wv != 0), u_next, u) if recover_from_zero else u_next
     return lax.stop_gradient(u), lax.stop_gradient(v_)
 
 
-def _sigma(fn, w, u, n_iterations, epsilon, feature_axis):
+def _check_recover(fn, recover_from_zero):
+    if not isinstance(recover_from_zero, bool):
+        raise TypeError(
+            f"{fn}: recover_from_zero must be a Python bool, got {recover_from_zero!r} of type "
+            f"{type(recover_from_zero).__name__}; True keeps u at a zero kernel (jaxnorm), False "
+            f"sets it to 0 (flax's SpectralNorm)"
+        )
+    return recover_from_zero
+
+
+def _sigma(fn, w, u, n_iterations, epsilon, feature_axis, recover_from_zero=True):
     """Validated ``(w, u, σ, new_u, dtype)``; σ is the safe (never 0) estimate in ``dtype``."""
     w, _, mat = _as_matrix(fn, w, feature_axis)
     u_in = _check_u(fn, u, mat.shape[0], w.shape)
     n_iterations = v.check_positive_int(fn, "n_iterations", n_iterations, example=1)
     epsilon = v.check_epsilon(fn, epsilon)
+    recover_from_zero = _check_recover(fn, recover_from_zero)
     dtype = compute_dtype(jnp.promote_types(w.dtype, u_in.dtype))
     mat = mat.astype(dtype)
-    u_new, v_new = _power_iteration(mat, u_in.astype(dtype), n_iterations, epsilon)
+    u_new, v_new = _power_iteration(mat, u_in.astype(dtype), n_iterations, epsilon, recover_from_zero)
     sigma = u_new @ (mat @ v_new)
     # A zero kernel (σ = 0 exactly) reads as σ = 1, so that w / σ is w itself (0),
     # with the zero derivative of the untaken branch rather than 0/0.
@@ -90,7 +101,8 @@ def _sigma(fn, w, u, n_iterations, epsilon, feature_axis):
     return w, u_in, safe_sigma, u_new.astype(u_in.dtype), dtype
 
 
-def spectral_norm_sigma(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1):
+def spectral_norm_sigma(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1,
+                        recover_from_zero: bool = True):
     """The spectral norm ``σ`` of a kernel, estimated by power iteration from ``u``.
 
     The estimate by which :func:`spectral_norm` divides: ``w`` is viewed as
@@ -109,8 +121,9 @@ def spectral_norm_sigma(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, 
 
     A zero kernel has ``σ = 0``; it is returned as ``σ = 1`` (with zero
     derivative), so that ``w / σ`` is the kernel itself (0) and finite with
-    finite derivatives, never 0/0; ``u`` is then kept (see
-    :func:`spectral_norm`). Any other kernel gives ``σ > 0``.
+    finite derivatives, never 0/0; ``u`` is then kept, or set to 0 with
+    ``recover_from_zero=False`` (see :func:`spectral_norm`). Any other
+    kernel gives ``σ > 0`` from any ``u ≠ 0`` not orthogonal to its range.
 
     Args:
       w: the kernel, rank >= 2, e.g. ``(in, out)`` or ``(H, W, in, out)``.
@@ -120,6 +133,9 @@ def spectral_norm_sigma(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, 
       epsilon: floor of the norms in ``N``.
       feature_axis: the output-feature axis (-1 for Flax kernels, 0 for
         PyTorch's ``(out, in, ...)``).
+      recover_from_zero: at a step where ``Wv = 0``, keep ``u`` (True,
+        default) or set it to 0 (False, flax's SpectralNorm), as in
+        :func:`spectral_norm`.
 
     Returns:
       ``(sigma, new_u)``: the scalar ``σ`` in the promoted dtype of ``w`` and
@@ -127,15 +143,19 @@ def spectral_norm_sigma(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, 
       dtype (no gradient).
 
     Raises:
-      TypeError: integer inputs, non-int settings.
+      TypeError: integer inputs, non-int settings, a non-bool
+        ``recover_from_zero``.
       ValueError: a kernel of rank < 2 (a vector), ``u`` of the wrong
         shape, ``n_iterations <= 0``, a negative epsilon.
     """
-    w, u_in, sigma, u_new, _ = _sigma("spectral_norm_sigma", w, u, n_iterations, epsilon, feature_axis)
+    w, u_in, sigma, u_new, _ = _sigma(
+        "spectral_norm_sigma", w, u, n_iterations, epsilon, feature_axis, recover_from_zero
+    )
     return sigma.astype(jnp.promote_types(w.dtype, u_in.dtype)), u_new
 
 
-def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1):
+def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, feature_axis: int = -1,
+                  recover_from_zero: bool = True):
     """Spectral normalization (Miyato, Kataoka, Koyama & Yoshida, ICLR 2018).
 
     ``w`` is viewed as the matrix ``W`` of shape ``(w.shape[feature_axis],
@@ -149,9 +169,18 @@ def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, featur
     PyTorch); ``σ = uᵀWv`` is differentiated through ``W``. Feed the
     returned ``u`` to the next step; :func:`spectral_norm_sigma` returns
     ``σ`` itself. A zero kernel gives ``σ = 0`` and the
-    kernel itself (0) rather than 0/0, with finite derivatives, and keeps
-    ``u``. Convolution kernels ``(H, W, in, out)`` are handled as
-    ``(out, H·W·in)`` matrices.
+    kernel itself (0) rather than 0/0, with finite derivatives.
+    Convolution kernels ``(H, W, in, out)`` are handled as ``(out, H·W·in)``
+    matrices.
+
+    Zero kernels across steps. At a step where ``Wv = 0`` (a zero kernel,
+    common for zero-initialized biases of rank 2), the default
+    ``recover_from_zero=True`` keeps ``u``, so once the kernel leaves zero
+    it is divided by its ``σ``. ``recover_from_zero=False`` is flax's
+    SpectralNorm: ``u`` becomes 0, and from ``u = 0`` every later ``σ`` is
+    0, so that kernel is never normalized again (it is used as it is).
+    The two differ from the step after a zero kernel on, whatever the
+    kernel becomes.
 
     Args:
       w: the kernel, rank >= 2, e.g. ``(in, out)`` or ``(H, W, in, out)``.
@@ -161,17 +190,22 @@ def spectral_norm(w, u, *, n_iterations: int = 1, epsilon: float = 1e-12, featur
       epsilon: floor of the norms in ``N``.
       feature_axis: the output-feature axis (-1 for Flax kernels, 0 for
         PyTorch's ``(out, in, ...)``).
+      recover_from_zero: keep ``u`` at a step where ``Wv = 0`` (True,
+        default) or set it to 0 (False, flax's behaviour); see above.
 
     Returns:
       ``(w / σ, new_u)``: the normalized kernel in ``w``'s dtype, and the
       updated ``u`` in ``u``'s dtype (no gradient).
 
     Raises:
-      TypeError: integer inputs, non-int settings.
+      TypeError: integer inputs, non-int settings, a non-bool
+        ``recover_from_zero``.
       ValueError: a kernel of rank < 2 (a vector), ``u`` of the wrong
         shape, ``n_iterations <= 0``, a negative epsilon.
     """
-    w, _, sigma, u_new, dtype = _sigma("spectral_norm", w, u, n_iterations, epsilon, feature_axis)
+    w, _, sigma, u_new, dtype = _sigma(
+        "spectral_norm", w, u, n_iterations, epsilon, feature_axis, recover_from_zero
+    )
     return (w.astype(dtype) / sigma).astype(w.dtype), u_new
 
 

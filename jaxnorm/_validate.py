@@ -21,6 +21,7 @@ __all__ = [
     "canonical_axis",
     "check_epsilon",
     "check_floating",
+    "check_masked_output",
     "check_min_rank",
     "check_param",
     "check_positive_int",
@@ -130,7 +131,8 @@ def check_epsilon(fn: str, epsilon) -> float:
     return value
 
 
-def check_param(fn: str, name: str, value, allowed: dict[str, tuple[int, ...]], x_shape):
+def check_param(fn: str, name: str, value, allowed: dict[str, tuple[int, ...]], x_shape, *,
+                allow_complex: bool = False):
     """Check a scale/bias-like parameter against the shapes it may have.
 
     Args:
@@ -140,18 +142,19 @@ def check_param(fn: str, name: str, value, allowed: dict[str, tuple[int, ...]], 
       allowed: description -> shape, e.g. ``{"per channel": (C,),
         "per example": (N, C)}``; shapes are matched exactly, never broadcast.
       x_shape: the input's shape, for the message.
+      allow_complex: accept a complex parameter too (complex inputs).
 
     Returns:
       ``(array, description)`` with the matched description, or ``(None, None)``.
 
     Raises:
-      TypeError: if the parameter is not floating point.
+      TypeError: if the parameter is not floating point (or complex, where allowed).
       ValueError: if its shape is none of the allowed ones.
     """
     if value is None:
         return None, None
     dtype = jnp.result_type(value)
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if not (jnp.issubdtype(dtype, jnp.floating) or allow_complex and jnp.issubdtype(dtype, jnp.complexfloating)):
         raise TypeError(
             f"{fn}: {name} must be floating point, got dtype {dtype}; "
             f"cast it, e.g. {name}.astype(jnp.float32)"
@@ -169,10 +172,19 @@ def check_param(fn: str, name: str, value, allowed: dict[str, tuple[int, ...]], 
 
 
 def check_where(fn: str, where, x_shape):
-    """Check a boolean mask of the input's rank whose axes match or are 1.
+    """Check a boolean mask that broadcasts to the input; return it with the input's rank.
+
+    Any shape NumPy broadcasting takes to ``x_shape`` is accepted: fewer
+    axes (aligned on the trailing ones, e.g. a ``(C,)`` channel mask for an
+    ``(N, C)`` input) or size-1 axes. The mask is returned with size-1
+    axes prepended to ``x``'s rank (not expanded to ``x``'s size).
 
     Returns:
-      The mask as a boolean array, or None.
+      The mask as a boolean array of ``x``'s rank, or None.
+
+    Raises:
+      TypeError: if the mask is not boolean.
+      ValueError: if it does not broadcast to ``x_shape``.
     """
     if where is None:
         return None
@@ -183,13 +195,32 @@ def check_where(fn: str, where, x_shape):
             f"where=(mask != 0)"
         )
     shape = tuple(np.shape(where))
-    ok = len(shape) == len(x_shape) and all(
-        w in (1, s) for w, s in zip(shape, x_shape)
+    x_shape = tuple(x_shape)
+    ok = len(shape) <= len(x_shape) and all(
+        w in (1, s) for w, s in zip(shape[::-1], x_shape[::-1])
     )
     if not ok:
         raise ValueError(
-            f"{fn}: where must have the input's rank {len(x_shape)} with each axis "
-            f"equal to the input's or 1 (input shape {tuple(x_shape)}), got shape "
-            f"{shape}; add size-1 axes to the mask, e.g. mask[..., None]"
+            f"{fn}: where must broadcast to the input's shape {x_shape} (each of its "
+            f"trailing axes equal to the input's or 1, rank at most {len(x_shape)}), got "
+            f"shape {shape}; e.g. a mask of shape {x_shape[-1:]} selects along the last "
+            f"axis, and size-1 axes (mask[..., None]) place a mask on other axes"
         )
-    return jnp.asarray(where)
+    where = jnp.asarray(where)
+    if len(shape) < len(x_shape):
+        where = jnp.reshape(where, (1,) * (len(x_shape) - len(shape)) + shape)
+    return where
+
+
+MASKED_OUTPUTS = ("zero", "normalized")
+
+
+def check_masked_output(fn: str, masked_output) -> str:
+    """Return ``masked_output`` after checking it is ``"zero"`` or ``"normalized"``."""
+    if not isinstance(masked_output, str) or masked_output not in MASKED_OUTPUTS:
+        raise ValueError(
+            f"{fn}: masked_output must be 'zero' or 'normalized', got {masked_output!r}; "
+            f"'zero' (default) outputs 0 at masked entries, 'normalized' normalizes them with "
+            f"the selected entries' statistics (as flax's modules do)"
+        )
+    return masked_output

@@ -168,6 +168,12 @@ def _affine(weight, bias, kwargs):
     return params
 
 
+def _affine_flags(m, kwargs):
+    """``use_scale``/``use_bias`` from the parameters torch actually holds (``affine`` and ``bias=False``)."""
+    kwargs["use_scale"] = getattr(m, "weight", None) is not None
+    kwargs["use_bias"] = getattr(m, "bias", None) is not None
+
+
 def _variables(params=None, batch_stats=None):
     out = {}
     if params:
@@ -183,24 +189,27 @@ def _variables(params=None, batch_stats=None):
 def _batch_norm(fn, torch, m, layout, convention):
     from jaxnorm import linen
 
-    if m.momentum is None and m.track_running_stats:
-        raise NotImplementedError(
+    cumulative = m.momentum is None and m.track_running_stats
+    if cumulative and convention != "torch":
+        raise ValueError(
             f"{fn}: {type(m).__name__} has momentum=None (PyTorch's cumulative moving average over "
-            f"num_batches_tracked), which jaxnorm.linen.BatchNorm cannot reproduce: it keeps no batch "
-            f"count. Set a momentum on the torch module first (e.g. module.momentum = 0.1), or call "
-            f"jaxnorm.batch_norm(..., convention='torch', momentum=None) with "
-            f"jaxnorm.BatchStats(mean, var, count=num_batches_tracked)"
+            f"num_batches_tracked), which exists only in PyTorch's convention; import it with "
+            f"convention='torch' (the default), or set a momentum on the torch module first "
+            f"(e.g. module.momentum = 0.1)"
         )
-    momentum = 0.1 if m.momentum is None else float(m.momentum)
+    momentum = 0.1 if m.momentum is None and not m.track_running_stats else m.momentum
     kwargs = {"axis": 1 if layout == "torch" else -1, "epsilon": float(m.eps)}
     if convention == "torch":
-        kwargs.update(momentum=momentum, convention="torch")
+        kwargs.update(momentum=None if momentum is None else float(momentum), convention="torch")
     else:
-        kwargs["momentum"] = 1.0 - momentum
-    kwargs["use_scale"] = kwargs["use_bias"] = bool(m.affine)
-    params = _affine(m.weight, m.bias, kwargs) if m.affine else {}
+        kwargs["momentum"] = 1.0 - float(momentum)
+    _affine_flags(m, kwargs)
+    params = _affine(m.weight, m.bias, kwargs)
     if m.track_running_stats:
         stats = {"mean": _array(m.running_mean), "var": _array(m.running_var)}
+        if cumulative:
+            # The module keeps PyTorch's num_batches_tracked as its batch count.
+            stats["count"] = jnp.asarray(int(m.num_batches_tracked), jnp.int32)
     else:
         # torch keeps no running statistics and always normalizes with the batch's.
         kwargs["use_running_average"] = False
@@ -220,8 +229,8 @@ def _group_norm(fn, torch, m, layout, convention):
             f"channel_axis=1, epsilon={m.eps})"
         )
     kwargs = {"num_groups": int(m.num_groups), "epsilon": float(m.eps)}
-    kwargs["use_scale"] = kwargs["use_bias"] = bool(m.affine)
-    params = _affine(m.weight, m.bias, kwargs) if m.affine else {}
+    _affine_flags(m, kwargs)
+    params = _affine(m.weight, m.bias, kwargs)
     return linen.GroupNorm(**kwargs), _variables(params)
 
 
@@ -237,8 +246,8 @@ def _instance_norm(fn, torch, m, layout, convention):
             f"jaxnorm.batch_norm(..., training=False)"
         )
     kwargs = {"epsilon": float(m.eps), "feature_axes": 1 if layout == "torch" else -1}
-    kwargs["use_scale"] = kwargs["use_bias"] = bool(m.affine)
-    params = _affine(m.weight, m.bias, kwargs) if m.affine else {}
+    _affine_flags(m, kwargs)
+    params = _affine(m.weight, m.bias, kwargs)
     return linen.InstanceNorm(**kwargs), _variables(params)
 
 
@@ -322,7 +331,8 @@ def from_torch(module, *, layout: str = "flax", convention: str = "torch", input
     BatchNorm1d/2d/3d,          ``BatchNorm``: ``running_mean/var`` -> ``batch_stats``
     SyncBatchNorm               ``mean/var``; ``weight/bias`` -> ``params``
                                 ``scale/bias``. Call with ``use_running_average``
-                                (torch's eval / train mode).
+                                (torch's eval / train mode). ``momentum=None``:
+                                ``num_batches_tracked`` -> ``batch_stats`` ``count``.
     GroupNorm                   ``GroupNorm(num_groups=...)`` (channels-last only)
     InstanceNorm1d/2d/3d        ``InstanceNorm`` (``track_running_stats=False`` only)
     LayerNorm, RMSNorm          ``LayerNorm`` / ``RMSNorm`` over the trailing
@@ -343,7 +353,13 @@ def from_torch(module, *, layout: str = "flax", convention: str = "torch", input
     BatchNorm with ``track_running_stats=False`` becomes a module with
     ``use_running_average=False`` (it always uses batch statistics, as torch
     does) and placeholder running statistics: apply it with
-    ``mutable=["batch_stats"]`` and ignore the updates.
+    ``mutable=["batch_stats"]`` and ignore the updates. A torch BatchNorm
+    with ``momentum=None`` (PyTorch's cumulative average) becomes a module
+    with ``convention="torch", momentum=None`` whose ``batch_stats`` also
+    hold the batch count ``count`` (torch's ``num_batches_tracked``), so its
+    updates match PyTorch's too. Layers built with ``affine=False`` or
+    ``bias=False`` become modules with ``use_scale``/``use_bias`` False and
+    without those parameters.
 
     Args:
       module: the PyTorch layer (float32, float64 or bfloat16 parameters).
@@ -365,10 +381,10 @@ def from_torch(module, *, layout: str = "flax", convention: str = "torch", input
       TypeError: ``module`` is not a ``torch.nn.Module``, or not one of the
         supported layers.
       ValueError: an unknown ``layout`` or ``convention``, uninitialized lazy
-        parameters, a multi-axis LayerNorm/RMSNorm with ``layout="flax"``.
-      NotImplementedError: a BatchNorm with ``momentum=None`` (cumulative
-        average), an InstanceNorm with ``track_running_stats=True``, a
-        GroupNorm with ``layout="torch"``.
+        parameters, a multi-axis LayerNorm/RMSNorm with ``layout="flax"``, a
+        BatchNorm with ``momentum=None`` and ``convention="flax"``.
+      NotImplementedError: an InstanceNorm with ``track_running_stats=True``,
+        a GroupNorm with ``layout="torch"``.
       ImportError: PyTorch is not installed.
     """
     fn = "from_torch"

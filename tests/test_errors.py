@@ -213,19 +213,17 @@ RANK_CASES = [
 WHERE_CASES = []
 for _name in ALL:
     _xs = DEFAULT_SHAPE[_name]
-    _bad_shapes = [
-        _xs[-1:],  # rank 1: would broadcast, but must have x's rank
-        _xs[1:],  # missing the batch axis
+    _bad_shapes = [  # shapes that do not broadcast to the input's (broadcasting ones are valid)
         (1,) + _xs,  # rank too big
         _xs[:-1] + (3,),  # wrong size on the last axis
         (3,) + _xs[1:],  # wrong size on the batch axis
-        (),  # a scalar mask
+        (3,),  # a rank-1 mask of the wrong size
     ]
     for _ws in _bad_shapes:
         WHERE_CASES.append(case(
             _name, _xs, dict(where=jnp.ones(_ws, jnp.bool_)), ValueError,
-            rf"^{_name}: where must have the input's rank {len(_xs)} .*"
-            rf"\(input shape {esc(_xs)}\), got shape {esc(_ws)}; add size-1 axes"))
+            rf"^{_name}: where must broadcast to the input's shape {esc(_xs)} .*"
+            rf"got shape {esc(_ws)}; "))
     for _dtype in (jnp.float32, jnp.int32):
         WHERE_CASES.append(case(
             _name, _xs, dict(where=jnp.ones(_xs, _dtype)), TypeError,

@@ -322,9 +322,11 @@ def test_gradient_through_sigma_matches_legacy_torch(n_iterations):
     np.testing.assert_allclose(grad_sigma, np.outer(u_np, v_np), **TOL)
 
 
-def test_spectral_norm_module_zero_kernel_is_finite():
+@pytest.mark.parametrize("recover_from_zero", [False, True])
+def test_spectral_norm_module_zero_kernel_is_finite(recover_from_zero):
+    """Finite either way; flax's default stores u = 0 and σ = 0, recover_from_zero keeps u and records 1."""
     x = np.random.default_rng(11).standard_normal((2, 4))
-    layer = jl.SpectralNorm(nn.Dense(3, **F64), **F64)
+    layer = jl.SpectralNorm(nn.Dense(3, **F64), recover_from_zero=recover_from_zero, **F64)
     variables = layer.init(jax.random.key(0), x, update_stats=False)
     params = jax.tree_util.tree_map(np.zeros_like, variables["params"])
     u = variables["batch_stats"]["layer_instance/kernel/u"]
@@ -336,8 +338,12 @@ def test_spectral_norm_module_zero_kernel_is_finite():
     (value, state), grads = jax.value_and_grad(loss, has_aux=True)(params)
     assert value == 0.0
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
-    np.testing.assert_array_equal(state["batch_stats"]["layer_instance/kernel/u"], u)
-    assert state["batch_stats"]["layer_instance/kernel/sigma"] == 1.0
+    if recover_from_zero:
+        np.testing.assert_array_equal(state["batch_stats"]["layer_instance/kernel/u"], u)
+        assert state["batch_stats"]["layer_instance/kernel/sigma"] == 1.0
+    else:
+        np.testing.assert_array_equal(state["batch_stats"]["layer_instance/kernel/u"], 0)
+        assert state["batch_stats"]["layer_instance/kernel/sigma"] == 0.0
 
 
 # --------------------------------------------------------- StandardizedConv

@@ -232,7 +232,8 @@ def test_module_import_does_not_import_torch():
 @pytest.mark.parametrize(
     "make, kwargs, error, match",
     [
-        (lambda: nn.BatchNorm2d(3, momentum=None), {}, NotImplementedError, "momentum=None"),
+        (lambda: nn.BatchNorm2d(3, momentum=None), {"convention": "flax"}, ValueError,
+         "momentum=None .*convention='torch'"),
         (lambda: nn.InstanceNorm2d(3, track_running_stats=True), {}, NotImplementedError, "track_running_stats"),
         (lambda: nn.GroupNorm(2, 4), {"layout": "torch"}, NotImplementedError, "channels-last"),
         (lambda: nn.LayerNorm((4, 5)), {}, ValueError, "layout='torch'"),

@@ -42,6 +42,10 @@ CALLS = {
     "layer_norm-2-axes": (lambda x, p, impl: jn.layer_norm(x, *p, axis=(-2, -1), implementation=impl),
                           (2, 3, 4, 5), [(4, 5), (4, 5)]),
     "rms_norm": (lambda x, p, impl: jn.rms_norm(x, *p, implementation=impl), (3, 2, 7), [(7,)]),
+    # parameters along some of the normalized axes (flax's LayerNorm(reduction_axes=(1, 2), feature_axes=-1))
+    "layer_norm-feature-axis-within": (
+        lambda x, p, impl: jn.layer_norm(x, *p, axis=(-2, -1), feature_axes=-1, implementation=impl),
+        (2, 2, 3), [(3,), (3,)]),
 }
 
 

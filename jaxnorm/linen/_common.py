@@ -5,7 +5,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-__all__ = ["affine_params", "merge_training", "no_axis_name", "output_dtype", "running_stats", "single_axis"]
+__all__ = [
+    "affine_params", "as_mask", "axes_tuple", "merge_training", "no_axis_name", "output_dtype", "running_stats",
+    "single_axis",
+]
 
 
 def affine_params(module: nn.Module, shape, *, scale_name="scale", bias_name="bias"):
@@ -29,11 +32,32 @@ def output_dtype(dtype, x, *params):
     return x, dtype
 
 
-def running_stats(module: nn.Module, channels: int):
-    """The ``batch_stats`` variables ``mean`` (zeros) and ``var`` (ones), float32, ``(C,)``."""
-    mean = module.variable("batch_stats", "mean", lambda: jnp.zeros((channels,), jnp.float32))
-    var = module.variable("batch_stats", "var", lambda: jnp.ones((channels,), jnp.float32))
+def running_stats(module: nn.Module, shape, dtype=jnp.float32):
+    """The ``batch_stats`` variables ``mean`` (zeros) and ``var`` (ones) of ``shape`` (``(C,)``)."""
+    shape = tuple(shape)
+    mean = module.variable("batch_stats", "mean", lambda: jnp.zeros(shape, dtype))
+    var = module.variable("batch_stats", "var", lambda: jnp.ones(shape, dtype))
     return mean, var
+
+
+def axes_tuple(cls_name: str, name: str, axes, ndim: int, shape) -> tuple[int, ...]:
+    """``axes`` (an int or a sequence of ints) as sorted non-negative axes, each once.
+
+    Repeated axes are merged, as flax does; an axis out of range raises.
+    """
+    seq = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+    for a in seq:
+        if isinstance(a, bool) or not isinstance(a, int) or not -ndim <= a < ndim:
+            raise ValueError(
+                f"{cls_name}: {name}={axes!r} names {a!r}, which is not an axis of an input of "
+                f"shape {tuple(shape)}; use ints in [{-ndim}, {ndim - 1}]"
+            )
+    return tuple(sorted({a % ndim for a in seq}))
+
+
+def as_mask(mask):
+    """A module's ``mask`` as a boolean array (flax converts any mask with ``jnp.asarray(mask, bool)``), or None."""
+    return None if mask is None else jnp.asarray(mask, dtype=bool)
 
 
 def single_axis(cls_name: str, name: str, axes, ndim: int, shape) -> int:

@@ -10,7 +10,7 @@ from flax import linen as nn
 from flax.linen import initializers
 
 import jaxnorm as jn
-from jaxnorm.linen._common import affine_params, no_axis_name, output_dtype, single_axis
+from jaxnorm.linen._common import affine_params, as_mask, axes_tuple, no_axis_name, output_dtype, single_axis
 
 __all__ = [
     "EvoNormS0",
@@ -25,32 +25,63 @@ __all__ = [
 Axes = Any
 
 
-def _axes(ndim, axes):
-    axes = (axes,) if isinstance(axes, int) else tuple(axes)
-    return tuple(sorted(a % ndim for a in axes))
+def _feature_layout(owner, x, reduction_axes, feature_axes):
+    """``(reduction, features)``: flax's axes as sorted non-negative tuples (repeats merged).
+
+    ``features`` may be empty (one scalar scale and bias) and need not lie
+    within ``reduction`` (e.g. statistics over axis 1, scale along axis 2).
+    """
+    reduction = axes_tuple(owner, "reduction_axes", reduction_axes, x.ndim, x.shape)
+    features = axes_tuple(owner, "feature_axes", feature_axes, x.ndim, x.shape)
+    return reduction, features
 
 
-def _over_axes(x, scale, bias, reduction, features, owner="LayerNorm"):
-    """Place ``features``-shaped parameters against the normalized axes' shape."""
-    if not set(features) <= set(reduction):
-        raise NotImplementedError(
-            f"{owner}: feature_axes={features} must lie within reduction_axes={reduction} "
-            f"(input shape {tuple(x.shape)}); jaxnorm's parameters cover the normalized axes, "
-            f"so list the feature axes among the reduction axes"
+def _instance_layout(owner, x, feature_axes):
+    """``(reduction, features)`` of flax's InstanceNorm: every axis but the batch (0) and the features."""
+    features = axes_tuple(owner, "feature_axes", feature_axes, x.ndim, x.shape)
+    if 0 in features:
+        raise ValueError(
+            f"{owner}: feature_axes={feature_axes!r} includes axis 0 of an input of shape "
+            f"{tuple(x.shape)}, but axis 0 is the batch, which InstanceNorm never normalizes "
+            f"over or scales along; name channel axes only, e.g. feature_axes=-1"
         )
-    shape = tuple(x.shape[a] if a in features else 1 for a in reduction)
-    full = tuple(x.shape[a] for a in reduction)
-    return [None if p is None else jnp.broadcast_to(p.reshape(shape), full) for p in (scale, bias)]
+    return tuple(a for a in range(1, x.ndim) if a not in features), features
+
+
+def instance_call(x, scale, bias, mask, reduction, features, epsilon):
+    """InstanceNorm with flax's axes through the core (layout only).
+
+    One channel axis with spatial axes: :func:`jaxnorm.instance_norm`.
+    Several feature axes: :func:`jaxnorm.layer_norm` over the other
+    non-batch axes with ``feature_axes``. No axis left to reduce (e.g. an
+    ``(N, C)`` input): every set is one entry, which
+    :func:`jaxnorm.group_norm` with one group per feature computes on the
+    input flattened to ``(N, F)`` (the output is ``bias``, as in flax).
+    """
+    kwargs = {"epsilon": epsilon, "where": mask, "masked_output": "normalized"}
+    if not reduction:
+        n, size = x.shape[0], math.prod(x.shape[1:])
+        flat = [None if p is None else p.reshape(size) for p in (scale, bias)]
+        m = None if mask is None else jnp.broadcast_to(mask, x.shape).reshape(n, size)
+        y = jn.group_norm(x.reshape(n, size), *flat, num_groups=size, **{**kwargs, "where": m})
+        return y.reshape(x.shape)
+    if len(features) == 1:
+        return jn.instance_norm(x, scale, bias, channel_axis=features[0], **kwargs)
+    return jn.layer_norm(x, scale, bias, axis=reduction, feature_axes=features, **kwargs)
 
 
 class LayerNorm(nn.Module):
     """Layer normalization (Ba et al. 2016), a drop-in for ``flax.linen.LayerNorm``.
 
-    Calls :func:`jaxnorm.layer_norm` over ``reduction_axes``; ``scale`` and
-    ``bias`` have the shape of ``feature_axes``. Same fields and defaults as
+    ``y = (x − E[x]) / sqrt(Var[x] + ε) · scale + bias`` with the statistics
+    over ``reduction_axes``, by :func:`jaxnorm.layer_norm`; ``scale`` and
+    ``bias`` have the shape of ``feature_axes``, which may lie anywhere
+    (inside or outside the reduction axes). Same fields and defaults as
     flax.linen's (``use_fast_variance`` and ``force_float32_reductions`` are
     accepted for compatibility: jaxnorm's statistics are always exact and at
-    least float32). ``axis_name`` is not supported.
+    least float32). ``mask`` broadcasts to ``x``; masked entries are left
+    out of the statistics and normalized like the others, as in flax.
+    ``axis_name`` is not supported.
     """
 
     epsilon: float = 1e-6
@@ -69,19 +100,24 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, mask=None):
-        no_axis_name(type(self).__name__, self.axis_name)
+        name = type(self).__name__
+        no_axis_name(name, self.axis_name)
         x = jnp.asarray(x)
-        reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
+        reduction, features = _feature_layout(name, x, self.reduction_axes, self.feature_axes)
         scale, bias = affine_params(self, tuple(x.shape[a] for a in features))
         x, dtype = output_dtype(self.dtype, x, scale, bias)
-        scale, bias = _over_axes(x, scale, bias, reduction, features, owner=type(self).__name__)
-        return jn.layer_norm(x, scale, bias, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
+        y = jn.layer_norm(
+            x, scale, bias, axis=reduction, feature_axes=features, epsilon=self.epsilon, where=as_mask(mask),
+            masked_output="normalized",
+        )
+        return y.astype(dtype)
 
 
 class RMSNorm(nn.Module):
     """RMS normalization (Zhang & Sennrich 2019), a drop-in for ``flax.linen.RMSNorm``.
 
-    Calls :func:`jaxnorm.rms_norm`; fields as flax.linen's (see :class:`LayerNorm`).
+    ``y = x / sqrt(E[x²] + ε) · scale``, the mean over ``reduction_axes``, by
+    :func:`jaxnorm.rms_norm`; fields, axes and masks as in :class:`LayerNorm`.
     """
 
     epsilon: float = 1e-6
@@ -98,13 +134,17 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, mask=None):
-        no_axis_name(type(self).__name__, self.axis_name)
+        name = type(self).__name__
+        no_axis_name(name, self.axis_name)
         x = jnp.asarray(x)
-        reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
+        reduction, features = _feature_layout(name, x, self.reduction_axes, self.feature_axes)
         scale, _ = affine_params(self, tuple(x.shape[a] for a in features))
         x, dtype = output_dtype(self.dtype, x, scale)
-        scale, _ = _over_axes(x, scale, None, reduction, features, owner=type(self).__name__)
-        return jn.rms_norm(x, scale, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
+        y = jn.rms_norm(
+            x, scale, axis=reduction, feature_axes=features, epsilon=self.epsilon, where=as_mask(mask),
+            masked_output="normalized",
+        )
+        return y.astype(dtype)
 
 
 def _per_example_sets(x, reduction, mask):
@@ -115,12 +155,13 @@ def _per_example_sets(x, reduction, mask):
     kept = tuple(a for a in range(x.ndim) if a not in reduction)
     if kept == (0,):
         return x, mask, lambda y: y
+    if mask is not None:
+        mask = jnp.broadcast_to(mask, x.shape)
     perm = kept + tuple(reduction)
     lead = math.prod(x.shape[a] for a in kept)
     moved_shape = tuple(x.shape[a] for a in perm)
 
     def move(t):
-        t = jnp.broadcast_to(t, x.shape) if t is not None and t.shape != x.shape else t
         return None if t is None else jnp.transpose(t, perm).reshape((lead,) + moved_shape[len(kept):])
 
     inverse = [perm.index(a) for a in range(x.ndim)]
@@ -133,7 +174,8 @@ class GroupNorm(nn.Module):
     Channels last; ``num_groups`` (default 32) or ``group_size`` (then pass
     ``num_groups=None``), exactly one of them. Statistics over
     ``reduction_axes`` (default: every axis but the first) and a group of
-    channels, by :func:`jaxnorm.group_norm`. Other fields as flax.linen's.
+    channels, by :func:`jaxnorm.group_norm`. Other fields as flax.linen's;
+    masks as in :class:`LayerNorm`.
     """
 
     num_groups: int | None = 32
@@ -175,7 +217,7 @@ class GroupNorm(nn.Module):
         if self.reduction_axes is None:
             reduction = tuple(range(1, x.ndim))
         else:
-            reduction = _axes(x.ndim, self.reduction_axes)
+            reduction = axes_tuple(name, "reduction_axes", self.reduction_axes, x.ndim, x.shape)
             if reduction[-1] != x.ndim - 1:
                 raise ValueError(
                     f"{name}: reduction_axes={self.reduction_axes!r} must include the last axis "
@@ -183,16 +225,23 @@ class GroupNorm(nn.Module):
                 )
         scale, bias = affine_params(self, (channels,))
         x, dtype = output_dtype(self.dtype, x, scale, bias)
-        xs, ms, undo = _per_example_sets(x, reduction, mask)
-        y = jn.group_norm(xs, scale, bias, num_groups=num_groups, epsilon=self.epsilon, where=ms)
+        xs, ms, undo = _per_example_sets(x, reduction, as_mask(mask))
+        y = jn.group_norm(
+            xs, scale, bias, num_groups=num_groups, epsilon=self.epsilon, where=ms, masked_output="normalized"
+        )
         return undo(y).astype(dtype)
 
 
 class InstanceNorm(nn.Module):
     """Instance normalization (Ulyanov et al. 2016), a drop-in for ``flax.linen.InstanceNorm``.
 
-    Statistics per example and channel (``feature_axes``, one axis) over the
-    other axes but the first, by :func:`jaxnorm.instance_norm`.
+    ``y = (x − μ) / sqrt(σ² + ε) · scale + bias`` with the statistics per
+    example and feature over every axis but the first (the batch) and
+    ``feature_axes`` (one or several axes; ``scale`` and ``bias`` have their
+    shape), by :func:`jaxnorm.instance_norm` (or :func:`jaxnorm.layer_norm`
+    for several feature axes). An input with no axis left to reduce, such as
+    ``(N, C)``, outputs ``bias``, as in flax. ``feature_axes`` including axis
+    0 raises ``ValueError``. Masks as in :class:`LayerNorm`.
     """
 
     epsilon: float = 1e-6
@@ -213,10 +262,10 @@ class InstanceNorm(nn.Module):
         name = type(self).__name__
         no_axis_name(name, self.axis_name)
         x = jnp.asarray(x)
-        c = single_axis(name, "feature_axes", self.feature_axes, x.ndim, x.shape)
-        scale, bias = affine_params(self, (x.shape[c],))
+        reduction, features = _instance_layout(name, x, self.feature_axes)
+        scale, bias = affine_params(self, tuple(x.shape[a] for a in features))
         x, dtype = output_dtype(self.dtype, x, scale, bias)
-        return jn.instance_norm(x, scale, bias, channel_axis=c, epsilon=self.epsilon, where=mask).astype(dtype)
+        return instance_call(x, scale, bias, as_mask(mask), reduction, features, self.epsilon).astype(dtype)
 
 
 class FilterResponseNorm(nn.Module):

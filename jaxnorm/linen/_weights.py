@@ -170,6 +170,11 @@ class WeightNorm(nn.Module):
         return jnp.asarray(from_core(w), dtype)
 
 
+def _recorded_sigma(sigma, new_u):
+    """flax's record of ``σ``: 0 where the iteration reached ``u = 0`` (``spectral_norm_sigma`` returns 1 there)."""
+    return jnp.where(jnp.any(new_u != 0), sigma, jnp.zeros_like(sigma))
+
+
 class SpectralNorm(nn.Module):
     """Spectral normalization (Miyato et al. 2018), a drop-in for ``flax.linen.SpectralNorm``.
 
@@ -191,12 +196,19 @@ class SpectralNorm(nn.Module):
     divided by the fresh estimate; the stored ``sigma`` is a record of it
     (for logging or export), never read back.
 
-    Differences from flax.linen, neither of which changes the numbers of a
-    kernel that is not zero: the normalization in the iteration is
-    ``t / max(‖t‖, ε)`` where flax.linen computes ``t / sqrt(‖t‖² + ε)``
-    (they agree to ~ε/‖t‖² relative); and a zero kernel keeps its ``u`` and
-    records ``sigma = 1`` (see :func:`jaxnorm.spectral_norm_sigma`) where
-    flax.linen sets ``u`` to 0, from which its iteration never recovers.
+    Zero kernels (``recover_from_zero``). By default, as in flax.linen, a
+    step on which ``W v = 0`` (a zero kernel, e.g. the zero-initialized
+    ``(heads, head_dim)`` biases of ``MultiHeadDotProductAttention``) stores
+    ``u = 0`` and ``sigma = 0``; from ``u = 0`` the estimate stays 0, so that
+    kernel is never normalized again, even once training has moved it away
+    from zero. ``recover_from_zero=True`` is jaxnorm's alternative: ``u`` is
+    kept (and ``sigma = 1`` recorded), so the kernel is divided by its ``σ``
+    as soon as it is no longer zero. That changes the numbers from the step
+    after a zero kernel on: train with the default to reproduce flax.
+
+    One difference from flax.linen: the normalization in the iteration is
+    ``t / max(‖t‖, ε)`` where flax.linen computes ``t / sqrt(‖t‖² + ε)``;
+    they agree to ~ε/‖t‖² relative (1e-12/‖t‖²).
     """
 
     layer_instance: nn.Module
@@ -206,6 +218,7 @@ class SpectralNorm(nn.Module):
     param_dtype: Any = jnp.float32
     error_on_non_matrix: bool = False
     collection_name: str = "batch_stats"
+    recover_from_zero: bool = False
 
     @nn.compact
     def __call__(self, *args, update_stats: bool, **kwargs):
@@ -257,11 +270,12 @@ class SpectralNorm(nn.Module):
         compute = jnp.result_type(value, u)
         value = value.astype(compute)
         sigma, new_u = jn.spectral_norm_sigma(
-            value, u.reshape(-1).astype(compute), n_iterations=self.n_steps, epsilon=self.epsilon
+            value, u.reshape(-1).astype(compute), n_iterations=self.n_steps, epsilon=self.epsilon,
+            recover_from_zero=self.recover_from_zero,
         )
         if update_stats:
             u_var.value = new_u.reshape(1, -1)
-            sigma_var.value = sigma
+            sigma_var.value = sigma if self.recover_from_zero else _recorded_sigma(sigma, new_u)
         dtype = flax_dtypes.canonicalize_dtype(vs, u, dtype=self.dtype)
         # spectral_norm(w, u) is w / spectral_norm_sigma(w, u)[0]; σ is never 0.
         return jnp.asarray((value / sigma).reshape(shape), dtype)

@@ -12,6 +12,8 @@ from flax import nnx
 from flax.nnx import initializers
 
 import jaxnorm as jn
+from jaxnorm._batch_stats import DEFAULT_MOMENTUM
+from jaxnorm.linen._common import as_mask
 from jaxnorm.nnx._common import (
     DEFAULT_PROMOTE,
     affine_params,
@@ -36,7 +38,7 @@ class _BatchModule(nnx.Module):
     ``(num_features,)``, as in ``flax.nnx.BatchNorm``. Subclasses call
     :meth:`_run` with ``core(x, scale, bias, stats, kwargs) -> (y, new_stats)``
     making the one core call. The statistics are written back (in their own
-    dtype, so jit carries stay stable) only in training.
+    dtype, so jit carries stay stable, as flax.nnx does) only in training.
     """
 
     def __init__(
@@ -45,7 +47,7 @@ class _BatchModule(nnx.Module):
         *,
         use_running_average: bool | None = False,
         axis: int = -1,
-        momentum: float = 0.99,
+        momentum: float = DEFAULT_MOMENTUM,
         epsilon: float = 1e-5,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -83,7 +85,13 @@ class _BatchModule(nnx.Module):
         self.promote_dtype = promote_dtype
 
     def set_view(self, use_running_average: bool | None = None):
-        """Used by ``nnx.view(model, use_running_average=...)``."""
+        """Set the mode for ``nnx.view(model, use_running_average=...)`` (and ``nnx.view_info``).
+
+        Args:
+          use_running_average: if True, normalize with the stored running
+            statistics; if False, with the batch statistics, updating the
+            running ones; None leaves the mode unchanged.
+        """
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
@@ -101,11 +109,15 @@ class _BatchModule(nnx.Module):
             "training": training, "momentum": self.momentum, "epsilon": self.epsilon,
             "channel_axis": c, "axis_name": self.axis_name, "axis_index_groups": self.axis_index_groups,
         }
-        y, new = core(x, scale, bias, jn.BatchStats(mean, var), kwargs)
+        batches = getattr(self, "count", None)
+        stats = jn.BatchStats(mean, var, None if batches is None else batches[...])
+        y, new = core(x, scale, bias, stats, kwargs)
         if training:
             # The core's new statistics carry no gradient (as flax.nnx stores them).
             self.mean.set_value(new.mean.astype(self.mean.dtype))
             self.var.set_value(new.var.astype(self.var.dtype))
+            if batches is not None:
+                batches.set_value(new.count.astype(batches.dtype))
         return y.astype(dtype)
 
 
@@ -120,14 +132,27 @@ def _full_signature(cls):
 
 @_full_signature
 class BatchNorm(_BatchModule):
-    """Batch normalization, a drop-in for ``flax.nnx.BatchNorm`` (same arguments, defaults, variables).
+    """Batch normalization (Ioffe & Szegedy 2015), a drop-in for ``flax.nnx.BatchNorm``.
 
-    Calls :func:`jaxnorm.batch_norm`: exact statistics (``use_fast_variance``
-    is accepted and has no effect), Flax's momentum convention, ``mask`` for
-    padding. ``model.train()`` / ``model.eval()`` (or ``nnx.view``) set
-    ``use_running_average``; the call argument takes precedence. Extra
-    arguments: ``virtual_batch_size`` (Ghost BatchNorm) and ``convention``
-    (``"torch"``: momentum is the update weight, unbiased running variance).
+    ``y = (x − μ) / sqrt(σ² + ε) · scale + bias`` per channel (``axis``),
+    with the batch's statistics in training and the running ones
+    (``nnx.BatchStat`` ``mean``/``var``) otherwise, by
+    :func:`jaxnorm.batch_norm`. Same arguments, defaults and variables as
+    flax.nnx's; exact statistics (``use_fast_variance`` has no effect).
+    ``model.train()`` / ``model.eval()`` (or ``nnx.view``) set
+    ``use_running_average``; the call argument takes precedence. As in
+    flax.nnx: ``mask`` broadcasts to ``x`` and its False entries are left
+    out of the statistics and normalized like the others; complex inputs
+    have a complex mean and the real variance ``E|x − μ|²`` (the float32
+    running mean keeps its real part, as flax.nnx's does); one value per
+    channel in training (each member inside ``nnx.vmap``/``nnx.scan``
+    without ``axis_name``) warns and outputs ``bias``.
+
+    Extra arguments: ``virtual_batch_size`` (Ghost BatchNorm) and
+    ``convention``: ``"torch"`` makes ``momentum`` PyTorch's update weight
+    (default 0.1 there), stores the unbiased running variance, and with
+    ``momentum=None`` takes PyTorch's cumulative average, keeping the number
+    of batches seen as the ``nnx.BatchStat`` ``count``.
     """
 
     def __init__(self, num_features: int, *, virtual_batch_size: int | None = None, convention: str = "flax",
@@ -135,12 +160,34 @@ class BatchNorm(_BatchModule):
         super().__init__(num_features, **kwargs)
         self.virtual_batch_size = virtual_batch_size
         self.convention = convention
+        if convention == "torch" and self.momentum is None:
+            self.count = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        """Normalize ``x``; in training update the running statistics.
+
+        Args:
+          x: the input, ``num_features`` channels along ``axis``.
+          use_running_average: overrides the module's flag when given.
+          mask: optional boolean array broadcastable to ``x``; False entries
+            do not enter the statistics.
+
+        Returns:
+          The normalized input, same shape.
+        """
+        if self.convention == "torch" and self.momentum is None and getattr(self, "count", None) is None:
+            raise ValueError(
+                f"{type(self).__name__}: convention='torch' with momentum=None (PyTorch's cumulative "
+                f"average) needs the number of batches seen, which the module creates when it is "
+                f"constructed with momentum=None; construct it with "
+                f"{type(self).__name__}(num_features, convention='torch', momentum=None, ...)"
+            )
+        mask = as_mask(mask)
+
         def core(x, scale, bias, stats, kwargs):
             return jn.batch_norm(
                 x, scale, bias, stats, where=mask, virtual_batch_size=self.virtual_batch_size,
-                convention=self.convention, **kwargs,
+                convention=self.convention, masked_output="normalized", **kwargs,
             )
 
         return self._run(x, use_running_average, core)

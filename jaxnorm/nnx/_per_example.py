@@ -14,7 +14,8 @@ import jaxnorm as jn
 
 # Axis plumbing shared with the linen modules (layout only, no math), so the
 # two front ends place parameters and per-example sets identically.
-from jaxnorm.linen._per_example import _axes, _over_axes, _per_example_sets
+from jaxnorm.linen._common import as_mask, axes_tuple
+from jaxnorm.linen._per_example import _feature_layout, _instance_layout, _per_example_sets, instance_call
 from jaxnorm.nnx._common import (
     DEFAULT_PROMOTE,
     affine_params,
@@ -64,6 +65,12 @@ def _check_groups(name, num_features, num_groups, group_size):
     return num_groups
 
 
+def _feature_shaped(x, features, *params):
+    """flax.nnx's flat ``(num_features,)`` parameters reshaped to the feature axes' shape."""
+    shape = tuple(x.shape[a] for a in features)
+    return [None if p is None else jnp.reshape(p, shape) for p in params]
+
+
 class _Affine(nnx.Module):
     """``scale``/``bias`` of shape ``(num_features,)`` and the attributes flax.nnx stores."""
 
@@ -85,10 +92,14 @@ class _Affine(nnx.Module):
 class LayerNorm(_Affine):
     """Layer normalization (Ba et al. 2016), a drop-in for ``flax.nnx.LayerNorm``.
 
-    Calls :func:`jaxnorm.layer_norm` over ``reduction_axes``; ``scale`` and
+    ``y = (x − E[x]) / sqrt(Var[x] + ε) · scale + bias`` with the statistics
+    over ``reduction_axes``, by :func:`jaxnorm.layer_norm`; ``scale`` and
     ``bias`` have shape ``(num_features,)``, the product of the
-    ``feature_axes`` sizes, as in flax.nnx. ``use_fast_variance`` is accepted
-    and has no effect (jaxnorm is always exact). ``axis_name`` is not supported.
+    ``feature_axes`` sizes, as in flax.nnx, and the feature axes may lie
+    anywhere (inside or outside the reduction axes). ``mask`` broadcasts to
+    ``x``; masked entries are left out of the statistics and normalized like
+    the others, as in flax. ``use_fast_variance`` is accepted and has no
+    effect (jaxnorm is always exact). ``axis_name`` is not supported.
     """
 
     def __init__(
@@ -126,18 +137,24 @@ class LayerNorm(_Affine):
         self.promote_dtype = promote_dtype
 
     def __call__(self, x, *, mask=None):
+        name = type(self).__name__
         x = jnp.asarray(x)
-        reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
-        check_features(type(self).__name__, self.num_features, x, features)
+        reduction, features = _feature_layout(name, x, self.reduction_axes, self.feature_axes)
+        check_features(name, self.num_features, x, features)
         x, (scale, bias), dtype = promote(self, x, value(self.scale), value(self.bias))
-        scale, bias = _over_axes(x, scale, bias, reduction, features, owner=type(self).__name__)
-        return jn.layer_norm(x, scale, bias, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
+        scale, bias = _feature_shaped(x, features, scale, bias)
+        y = jn.layer_norm(
+            x, scale, bias, axis=reduction, feature_axes=features, epsilon=self.epsilon, where=as_mask(mask),
+            masked_output="normalized",
+        )
+        return y.astype(dtype)
 
 
 class RMSNorm(nnx.Module):
     """RMS normalization (Zhang & Sennrich 2019), a drop-in for ``flax.nnx.RMSNorm``.
 
-    Calls :func:`jaxnorm.rms_norm`; arguments as flax.nnx's (see :class:`LayerNorm`).
+    ``y = x / sqrt(E[x²] + ε) · scale``, the mean over ``reduction_axes``, by
+    :func:`jaxnorm.rms_norm`; arguments, axes and masks as in :class:`LayerNorm`.
     """
 
     def __init__(
@@ -176,12 +193,17 @@ class RMSNorm(nnx.Module):
         self.promote_dtype = promote_dtype
 
     def __call__(self, x, mask=None):
+        name = type(self).__name__
         x = jnp.asarray(x)
-        reduction, features = _axes(x.ndim, self.reduction_axes), _axes(x.ndim, self.feature_axes)
-        check_features(type(self).__name__, self.num_features, x, features)
+        reduction, features = _feature_layout(name, x, self.reduction_axes, self.feature_axes)
+        check_features(name, self.num_features, x, features)
         x, (scale,), dtype = promote(self, x, value(self.scale))
-        scale, _ = _over_axes(x, scale, None, reduction, features, owner=type(self).__name__)
-        return jn.rms_norm(x, scale, axis=reduction, epsilon=self.epsilon, where=mask).astype(dtype)
+        (scale,) = _feature_shaped(x, features, scale)
+        y = jn.rms_norm(
+            x, scale, axis=reduction, feature_axes=features, epsilon=self.epsilon, where=as_mask(mask),
+            masked_output="normalized",
+        )
+        return y.astype(dtype)
 
 
 class GroupNorm(_Affine):
@@ -240,23 +262,31 @@ class GroupNorm(_Affine):
         if self.reduction_axes is None:
             reduction = tuple(range(1, x.ndim))
         else:
-            reduction = _axes(x.ndim, self.reduction_axes)
+            reduction = axes_tuple(name, "reduction_axes", self.reduction_axes, x.ndim, x.shape)
             if reduction[-1] != x.ndim - 1:
                 raise ValueError(
                     f"{name}: reduction_axes={self.reduction_axes!r} must include the last axis "
                     f"(the channels) for an input of shape {tuple(x.shape)}"
                 )
         x, (scale, bias), dtype = promote(self, x, value(self.scale), value(self.bias))
-        xs, ms, undo = _per_example_sets(x, reduction, mask)
-        y = jn.group_norm(xs, scale, bias, num_groups=self.num_groups, epsilon=self.epsilon, where=ms)
+        xs, ms, undo = _per_example_sets(x, reduction, as_mask(mask))
+        y = jn.group_norm(
+            xs, scale, bias, num_groups=self.num_groups, epsilon=self.epsilon, where=ms, masked_output="normalized"
+        )
         return undo(y).astype(dtype)
 
 
 class InstanceNorm(_Affine):
     """Instance normalization (Ulyanov et al. 2016), a drop-in for ``flax.nnx.InstanceNorm``.
 
-    Statistics per example and channel (``feature_axes``, one axis) over the
-    other axes but the first, by :func:`jaxnorm.instance_norm`.
+    ``y = (x − μ) / sqrt(σ² + ε) · scale + bias`` with the statistics per
+    example and feature over every axis but the first (the batch) and
+    ``feature_axes`` (one or several; ``num_features`` is the product of
+    their sizes), by :func:`jaxnorm.instance_norm` (or
+    :func:`jaxnorm.layer_norm` for several feature axes). An input with no
+    axis left to reduce, such as ``(N, C)``, outputs ``bias``, as in flax.
+    ``feature_axes`` including axis 0 raises ``ValueError``. Masks as in
+    :class:`LayerNorm`.
     """
 
     def __init__(
@@ -294,10 +324,11 @@ class InstanceNorm(_Affine):
     def __call__(self, x, *, mask=None):
         name = type(self).__name__
         x = jnp.asarray(x)
-        c = single_axis(name, "feature_axes", self.feature_axes, x.ndim, x.shape)
-        check_features(name, self.num_features, x, (c,))
+        reduction, features = _instance_layout(name, x, self.feature_axes)
+        check_features(name, self.num_features, x, features)
         x, (scale, bias), dtype = promote(self, x, value(self.scale), value(self.bias))
-        return jn.instance_norm(x, scale, bias, channel_axis=c, epsilon=self.epsilon, where=mask).astype(dtype)
+        scale, bias = _feature_shaped(x, features, scale, bias)
+        return instance_call(x, scale, bias, as_mask(mask), reduction, features, self.epsilon).astype(dtype)
 
 
 class FilterResponseNorm(_Affine):

@@ -35,7 +35,7 @@ from flax.nnx.nn import dtypes as nnx_dtypes
 import jaxnorm as jn
 
 # Axis checks shared with the linen modules (layout only, no math).
-from jaxnorm.linen._weights import _feature_axes
+from jaxnorm.linen._weights import _feature_axes, _recorded_sigma
 
 __all__ = ["SpectralNorm", "StandardizedConv", "WeightNorm"]
 
@@ -205,10 +205,13 @@ class SpectralNorm(nnx.Module):
     a record, never read back. The stored kernel is left raw (see the module
     docstring).
 
-    Differences from flax.nnx that do not change the numbers of a kernel
-    that is not zero: the iteration normalizes by ``max(‖t‖, ε)`` where
-    flax.nnx uses ``sqrt(‖t‖² + ε)`` (they agree to ~ε/‖t‖² relative), and
-    a zero kernel keeps its ``u`` where flax.nnx sets it to 0.
+    Zero kernels: by default, as in flax.nnx, a step on which ``W v = 0``
+    stores ``u = 0`` and ``sigma = 0``, and that kernel is never normalized
+    again; ``recover_from_zero=True`` keeps ``u`` instead (jaxnorm's
+    alternative; see :class:`jaxnorm.linen.SpectralNorm`), which changes the
+    numbers from the step after a zero kernel on. The iteration normalizes
+    by ``max(‖t‖, ε)`` where flax.nnx uses ``sqrt(‖t‖² + ε)`` (they agree to
+    ~ε/‖t‖² relative).
     """
 
     def __init__(
@@ -222,8 +225,10 @@ class SpectralNorm(nnx.Module):
         error_on_non_matrix: bool = False,
         update_stats: bool = True,
         rngs: nnx.Rngs,
+        recover_from_zero: bool = False,
     ):
         self.layer_instance = layer_instance
+        self.recover_from_zero = recover_from_zero
         self.n_steps = n_steps
         self.epsilon = epsilon
         self.dtype = dtype
@@ -269,11 +274,13 @@ class SpectralNorm(nnx.Module):
         compute = jnp.result_type(w, u)
         mat = w.reshape(-1, shape[-1]).astype(compute)
         sigma, new_u = jn.spectral_norm_sigma(
-            mat, u.reshape(-1).astype(compute), n_iterations=self.n_steps, epsilon=self.epsilon
+            mat, u.reshape(-1).astype(compute), n_iterations=self.n_steps, epsilon=self.epsilon,
+            recover_from_zero=self.recover_from_zero,
         )
         if update_stats:
+            recorded = sigma if self.recover_from_zero else _recorded_sigma(sigma, new_u)
             self.batch_stats[u_path].set_value(new_u.reshape(1, -1))
-            self.batch_stats[sigma_path].set_value(sigma.astype(self.batch_stats[sigma_path].dtype))
+            self.batch_stats[sigma_path].set_value(recorded.astype(self.batch_stats[sigma_path].dtype))
         dtype = nnx_dtypes.canonicalize_dtype(w, u, dtype=self.dtype)
         # spectral_norm(w, u) is w / spectral_norm_sigma(w, u)[0]; σ is never 0.
         return jnp.asarray((mat / sigma).reshape(shape), dtype)
