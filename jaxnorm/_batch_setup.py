@@ -115,12 +115,7 @@ def setup(
         ``axis_name``, a batch not divisible by ``virtual_batch_size``, or a
         training reduction over a single value per channel.
     """
-    if not isinstance(training, bool):
-        raise TypeError(
-            f"{fn}: training must be a Python bool, got {training!r} of type "
-            f"{type(training).__name__}; pass training=True to use and update the "
-            f"batch statistics, training=False to use the running ones"
-        )
+    training = v.check_training(fn, training)
     x = v.check_floating(fn, x)
     v.check_min_rank(fn, x, 1, "..., channels", "pass at least a channel axis, e.g. x[None]")
     c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")

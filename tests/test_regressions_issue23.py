@@ -1,0 +1,219 @@
+"""Regression tests for issue 23: every finding is a named test here.
+
+Items 2 and 6 (argument checks) are fixed in this branch. Items 1 and 5
+and the fuzz suite's findings in the statistics core are written as tests
+marked ``xfail(strict=True)``: they fail today, and turn into failures (an
+XPASS) the moment the fix lands, so the marker must then be removed.
+
+The oracles are float64 NumPy formulas written here (or ``jaxnorm.reference``),
+never jaxnorm's own code.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxnorm as jn
+
+C = 3
+X_SHAPE = (4, 5, C)
+
+
+def _x(seed=0, shape=X_SHAPE, mean=0.0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32) + np.float32(mean)
+
+
+def _stats():
+    return jn.BatchStats(jnp.full((C,), 0.25, jnp.float32), jnp.full((C,), 2.0, jnp.float32))
+
+
+# Each BatchNorm-family function as f(x, stats, **settings) -> (y, new_stats).
+FAMILY = {
+    "batch_norm": lambda x, st, **k: jn.batch_norm(x, None, None, st, **k),
+    "batch_renorm": lambda x, st, **k: jn.batch_renorm(x, None, None, st, **k),
+    "representative_batch_norm": lambda x, st, **k: jn.representative_batch_norm(
+        x, None, None, st, center_weight=jnp.zeros(C), scale_weight=jnp.zeros(C),
+        scale_bias=jnp.ones(C), **k),
+    "switchable_norm": lambda x, st, **k: jn.switchable_norm(x, None, None, st, **k),
+    "evonorm_b0": lambda x, st, **k: jn.evonorm_b0(x, None, None, None, st, **k),
+}
+# batch_renorm has the Flax convention only.
+CONVENTIONS = {name: ("flax",) if name == "batch_renorm" else ("flax", "torch") for name in FAMILY}
+
+
+# ---------------------------------------------------------------- item 2
+
+BAD_MOMENTA = {
+    "numpy-1.5": lambda: np.array(1.5),
+    "numpy-f32-scalar-1.5": lambda: np.float32(1.5),
+    "jax-1.5": lambda: jnp.asarray(1.5),
+    "jax-minus-0.1": lambda: jnp.asarray(-0.1, jnp.float32),
+    "numpy-minus-0.5": lambda: np.array(-0.5),
+    "jax-nan": lambda: jnp.asarray(np.nan, jnp.float32),
+    "numpy-nan": lambda: np.array(np.nan),
+    "python-nan": lambda: float("nan"),
+    "python-inf": lambda: float("inf"),
+    "jax-int-2": lambda: jnp.asarray(2),
+    "numpy-vector-one-bad": lambda: np.array([0.5, 1.5, 0.9]),
+}
+
+
+@pytest.mark.parametrize("value", BAD_MOMENTA, ids=str)
+@pytest.mark.parametrize("name", FAMILY)
+def test_momentum_concrete_array_out_of_range_raises(name, value):
+    """Issue 23 item 2: a concrete out-of-range momentum (any kind, NaN too) raises, eagerly and closed over under jit."""
+    f = FAMILY[name]
+    for convention in CONVENTIONS[name]:
+        extra = {} if name == "batch_renorm" else {"convention": convention}
+        momentum = BAD_MOMENTA[value]()
+        with pytest.raises(ValueError, match=rf"^{name}: momentum must lie in \[0, 1\]"):
+            f(_x(), _stats(), training=True, momentum=momentum, **extra)
+        # A concrete jax.Array closed over by a jitted function is still concrete.
+        with pytest.raises(ValueError, match=rf"^{name}: momentum must lie in \[0, 1\]"):
+            jax.jit(lambda x: f(x, _stats(), training=True, momentum=momentum, **extra))(_x())
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_momentum_boolean_or_complex_array_raises_type_error(name):
+    for momentum in (np.array(True), jnp.asarray(True), np.array(0.5 + 0.1j)):
+        with pytest.raises(TypeError, match=rf"^{name}: momentum must be a real number"):
+            FAMILY[name](_x(), _stats(), training=True, momentum=momentum)
+
+
+def _flax_update(old, batch, m):
+    return m * old + (1 - m) * batch
+
+
+@pytest.mark.parametrize("name", ["batch_norm", "switchable_norm", "evonorm_b0", "representative_batch_norm"])
+@pytest.mark.parametrize("kind", ["python", "numpy", "numpy-scalar", "jax", "traced"])
+def test_momentum_concrete_array_in_range_updates_like_a_float(name, kind):
+    """In-range momenta of every kind give the Flax update, against a float64 formula."""
+    m = 0.75
+    momentum = {"python": m, "numpy": np.array(m), "numpy-scalar": np.float32(m),
+                "jax": jnp.asarray(m, jnp.float32), "traced": jnp.asarray(m, jnp.float32)}[kind]
+    x = _x(1)
+    st = _stats()
+    if kind == "traced":
+        # Only a traced momentum goes unchecked; in range it must work alike.
+        _, new = jax.jit(lambda x, mo: FAMILY[name](x, st, training=True, momentum=mo))(x, momentum)
+    else:
+        _, new = FAMILY[name](x, st, training=True, momentum=momentum)
+    x64 = x.astype(np.float64)
+    if name == "representative_batch_norm":
+        pass  # w_m = 0: the statistics are those of x itself
+    batch_mean = x64.mean((0, 1))
+    batch_var = x64.var((0, 1))
+    np.testing.assert_allclose(new.mean, _flax_update(0.25, batch_mean, m), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(new.var, _flax_update(2.0, batch_var, m), rtol=1e-6, atol=1e-6)
+
+
+def test_momentum_traced_out_of_range_is_not_checked():
+    """Only traced momenta go unchecked (documenting the boundary of item 2)."""
+    f = jax.jit(lambda x, m: jn.batch_norm(x, None, None, _stats(), training=True, momentum=m))
+    _, new = f(_x(), jnp.asarray(1.5, jnp.float32))
+    assert np.all(np.isfinite(np.asarray(new.mean)))
+
+
+# ---------------------------------------------------------------- item 6
+
+@pytest.mark.parametrize("alpha", [-1e-4, -1.0, -np.float32(2.0)])
+def test_local_response_norm_negative_alpha_raises(alpha):
+    """Issue 23 item 6: alpha < 0 lets the denominator reach zero (NaN); it is refused like k <= 0."""
+    with pytest.raises(ValueError, match=r"^local_response_norm: alpha must be >= 0, got alpha=-"):
+        jn.local_response_norm(jnp.full((2, 6), 100.0), size=3, alpha=alpha)
+    with pytest.raises(ValueError, match=r"^local_response_norm: alpha must be >= 0"):
+        jax.jit(lambda x: jn.local_response_norm(x, size=3, alpha=alpha))(jnp.ones((2, 6)))
+
+
+def test_local_response_norm_zero_alpha_divides_by_k_power_beta():
+    x = _x(2, (2, 6))
+    y = jn.local_response_norm(x, size=3, alpha=0.0, beta=0.75, k=2.0)
+    np.testing.assert_allclose(y, x.astype(np.float64) / 2.0**0.75, rtol=2e-7)
+
+
+# Every function taking an array x, called with a nested Python list.
+_LIST = [[1.0, 2.0, 3.0], [4.0, 5.0, 7.0]]
+LIST_CALLS = {
+    "layer_norm": lambda x: jn.layer_norm(x),
+    "rms_norm": lambda x: jn.rms_norm(x),
+    "group_norm": lambda x: jn.group_norm(x, num_groups=1),
+    "instance_norm": lambda x: jn.instance_norm(x),
+    "batch_norm": lambda x: jn.batch_norm(x, None, None, _stats(), training=True),
+    "batch_renorm": lambda x: jn.batch_renorm(x, None, None, _stats(), training=True),
+    "switchable_norm": lambda x: jn.switchable_norm(x, None, None, _stats(), training=True),
+    "evonorm_b0": lambda x: jn.evonorm_b0(x, None, None, None, _stats(), training=True),
+    "evonorm_s0": lambda x: jn.evonorm_s0(x, num_groups=1),
+    "filter_response_norm": lambda x: jn.filter_response_norm(x),
+    "local_response_norm": lambda x: jn.local_response_norm(x),
+    "weight_standardize": lambda x: jn.weight_standardize(x),
+    "weight_norm": lambda x: jn.weight_norm(x, jnp.ones(3)),
+    "spectral_norm": lambda x: jn.spectral_norm(x, jnp.ones(3), feature_axis=-1),
+}
+
+
+@pytest.mark.parametrize("name", LIST_CALLS)
+def test_list_input_error_names_function(name):
+    """Issue 23 item 6: a Python list input raises TypeError naming the function, not JAX's bare message."""
+    with pytest.raises(TypeError, match=rf"^{name}: \w+ must be an array, got a Python list"):
+        LIST_CALLS[name](_LIST)
+
+
+@pytest.mark.parametrize("what", ["scale", "where", "stats"])
+def test_list_parameter_error_names_function(what):
+    x = jnp.ones((2, 3))
+    if what == "scale":
+        call = lambda: jn.layer_norm(x, [1.0, 1.0, 1.0])  # noqa: E731
+        pattern = r"^layer_norm: scale must be an array, got a Python list"
+    elif what == "where":
+        call = lambda: jn.layer_norm(x, where=[[True] * 3] * 2)  # noqa: E731
+        pattern = r"^layer_norm: where must be an array, got a Python list"
+    else:
+        call = lambda: jn.batch_norm(x, None, None, jn.BatchStats([0.0] * 3, [1.0] * 3), training=True)  # noqa: E731
+        pattern = r"^batch_norm: stats.mean must be an array, got a Python list"
+    with pytest.raises(TypeError, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, np.int64, jnp.bool_, "uint8"])
+def test_batch_stats_init_integer_dtype_raises(dtype):
+    """Issue 23 item 6: BatchStats.init refuses a non-floating dtype at once, not later in batch_norm."""
+    with pytest.raises(TypeError, match=r"^BatchStats.init: dtype must be floating point"):
+        jn.BatchStats.init(4, dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, None])
+def test_batch_stats_init_floating_dtypes_accepted(dtype):
+    st = jn.BatchStats.init(4, dtype)
+    np.testing.assert_array_equal(st.mean, 0)
+    np.testing.assert_array_equal(st.var, 1)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+@pytest.mark.parametrize("training", [True, False])
+def test_training_numpy_bool_accepted(name, training):
+    """Issue 23 item 6: training=np.bool_ is accepted and means the same as the Python bool, eagerly and under jit."""
+    f = FAMILY[name]
+    x = _x(3)
+    want_y, want_st = f(x, _stats(), training=training)
+    for flag in (np.bool_(training),):
+        got_y, got_st = f(x, _stats(), training=flag)
+        np.testing.assert_array_equal(got_y, want_y)
+        for a, b in zip(got_st, want_st):
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+        jit_y, _ = jax.jit(lambda x: f(x, _stats(), training=flag))(x)
+        np.testing.assert_allclose(jit_y, want_y, rtol=1e-6, atol=1e-6)
+        # and it differentiates
+        g = jax.grad(lambda x: jnp.sum(jnp.sin(f(x, _stats(), training=flag)[0])))(x)
+        assert np.all(np.isfinite(np.asarray(g)))
+
+
+@pytest.mark.parametrize("training", [1, None, "yes", np.array(True), jnp.asarray(True)])
+def test_training_non_bool_still_refused(training):
+    with pytest.raises(TypeError, match=r"^batch_norm: training must be a Python bool"):
+        jn.batch_norm(_x(), None, None, _stats(), training=training)
