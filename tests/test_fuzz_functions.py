@@ -655,9 +655,21 @@ def _member_inputs(static, a):
     return b
 
 
+_CONST_MASKS: dict = {}
+
+
 def _const_mask_fn(scheme, static, mask_array):
+    """The call jitted with ``mask_array`` closed over (a constant), or None past the CI budget.
+
+    Each mask pattern is a compilation of its own: the CI profile compiles one
+    per static configuration (the long profile, every pattern).
+    """
     key = (scheme.name, _key(static), mask_array.shape, mask_array.tobytes())
     if key not in _CACHE:
+        seen = _CONST_MASKS.setdefault((scheme.name, _key(static)), 0)
+        if not fs.LONG and seen >= 1:
+            return None
+        _CONST_MASKS[(scheme.name, _key(static))] = seen + 1
         constant = np.array(mask_array)
         _CACHE[key] = jax.jit(lambda a: scheme.call(static, {**a, "where": constant}))
     return _CACHE[key]
@@ -800,20 +812,25 @@ def run_example(scheme: Scheme, static, p):
     _check_outputs("eager", scheme.call(static, a), ref, scheme, static, context)
     w, t, _ = _tangents(scheme, static, a, ref, p)
     res = _compiled(scheme, static)["combo"](a, a2, w, t)
-    affected = scheme.reduced is not None and fs.traced_mask_affected(static.get("mask"), scheme.reduced(static))
-    if affected:
-        note("jit with a traced mask not compared: ISSUE23_ITEM1_FIXED is False")
-    else:
+    traced_ok = not fs.traced_mask_affected(static["shape"], static.get("mask"))
+    renorm_ok = fs.BATCH_RENORM_MASK_FIXED or scheme is not BATCH_RENORM or "where" not in a
+    if not traced_ok:
+        note("jit and vmap with a traced broadcast mask not compared: ISSUE23_ITEM1_FIXED is False")
+    if not renorm_ok:
+        note("batch_renorm with a mask under jit not compared: BATCH_RENORM_MASK_FIXED is False")
+    if traced_ok and renorm_ok:
         _check_outputs("jit", res["jit"], ref, scheme, static, context)
-    if "where" in a:
-        _check_outputs("jit, constant mask", _const_mask_fn(scheme, static, a["where"])(
-            {k: v for k, v in a.items() if k != "where"}), ref, scheme, static, context)
-    _check_outputs("vmap[0]", res["vmap"], ref, scheme, static, context, member=0)
-    _check_outputs("vmap[1]", res["vmap"], ref2, scheme, static, context, member=1)
-    if "axis_name" in res:
+        _check_outputs("vmap[0]", res["vmap"], ref, scheme, static, context, member=0)
+        _check_outputs("vmap[1]", res["vmap"], ref2, scheme, static, context, member=1)
+    if "where" in a and renorm_ok:
+        const = _const_mask_fn(scheme, static, a["where"])
+        if const is not None:
+            _check_outputs("jit, constant mask", const({k: v for k, v in a.items() if k != "where"}),
+                           ref, scheme, static, context)
+    if "axis_name" in res and renorm_ok and traced_ok:
         y, m, v = res["axis_name"]
         _check_outputs("vmap(axis_name)", (y, m, v), ref, scheme, static, context)
-    if not overflow:
+    if not overflow and traced_ok and renorm_ok:
         _check_derivatives(scheme, static, a, ref, res, p, context)
 
 
