@@ -231,8 +231,9 @@ def evonorm_s0(x, scale=None, bias=None, v=None, *, num_groups=32, channel_axis=
     sig = 0.5 * (1 + np.tanh(0.5 * vv * x))
     num = x * sig / sigma
     y = _affine(num, scale, bias)
-    # x·sigmoid(v·x): relative error of a few units whatever v·x.
-    mag = kappa * _affine_mag(np.abs(num) + 1e-300, scale, bias)
+    # x·sigmoid(v·x): relative error of a few units whatever v·x; the +1 is the response to a
+    # tangent of one natural unit (x_scale ≤ σ), which does not vanish with x.
+    mag = kappa * _affine_mag(np.abs(num) + 1.0, scale, bias)
     # natural scale of x: the group σ, or the sigmoid's own scale 1/|v|, whichever is smaller.
     x_scale = np.minimum(sigma, 1.0 / np.maximum(np.abs(vv), 1e-300))
     return Ref((y,), (mag,), s.n, x_scale=x_scale, kappa=float(np.max(kappa)))
@@ -249,11 +250,13 @@ def local_response_norm(x, *, size=5, alpha=1e-4, beta=0.75, k=1.0, channel_axis
         energy[i] = (xm[lo: hi + 1] ** 2).sum(0)
     b = k + alpha / size * energy
     y = np.moveaxis(xm * b ** (-beta), 0, c)
-    mag = np.abs(y) * (1.0 + abs(beta)) * (1.0 + np.abs(np.log(np.moveaxis(b, 0, c))))
-    # b^-β through exp(-β·log b) loses |β·log b| units at most.
+    # b^-β through exp(-β·log b) loses |β·log b| units at most; the second term is the response to a
+    # tangent of one natural unit (x_scale), which does not vanish with x.
     x_scale = np.sqrt(k * size / max(alpha, 1e-300)) if alpha > 0 else 1.0
-    rms = np.sqrt((x * x).mean()) + 1e-3
-    return Ref((y,), (mag,), size, x_scale=min(x_scale, rms))
+    x_scale = min(x_scale, np.sqrt((x * x).mean()) + 1e-3)
+    bm = np.moveaxis(b, 0, c)
+    mag = (np.abs(y) + x_scale * bm ** (-beta)) * (1.0 + 2 * abs(beta)) * (1.0 + np.abs(np.log(bm)))
+    return Ref((y,), (mag,), size, x_scale=x_scale)
 
 
 # ---------------------------------------------------------------- BatchNorm family
@@ -515,15 +518,18 @@ def evonorm_b0(x, scale, bias, v, mean, var, *, training, momentum=0.99, epsilon
     q = x / den
     y = _affine(q, scale_, bias_)
     cond = np.maximum(kb, inst.kappa(epsilon)) * (1 + (np.abs(vv * x) + si) / den)
-    mag = cond * _affine_mag(np.abs(q) + 1e-300, scale_, bias_)
     x_scale = np.minimum(left, si)
+    # |q| and the response to a tangent of one natural unit: t/den and x·v·t/den².
+    mag = cond * _affine_mag(np.abs(q) + (x_scale / den) * (1 + np.abs(vv) * np.abs(x) / den + np.abs(q)),
+                             scale_, bias_)
     return Ref((y, nm, nv), (mag, mm, mv), max(n, 1), x_scale=x_scale,
                frozen={"branch": branch, "kink": (left, right)}, kappa=float(np.max(cond)))
 
 
 # ---------------------------------------------------------------- weight schemes
 
-def weight_norm(v, g, *, feature_axis=-1, exponential=False):
+def weight_norm(v, g, *, feature_axis=-1, exponential=False, frozen=None):
+    """``w = g·v/‖v‖``; a zero slice gives 0 with zero derivative (``frozen['zero']`` keeps it so)."""
     v, g = _f(v), _f(g)
     gg = np.exp(g) if exponential else g
     if feature_axis is None:
@@ -536,11 +542,13 @@ def weight_norm(v, g, *, feature_axis=-1, exponential=False):
         norm = np.sqrt((v * v).sum(others, keepdims=True))
         n = int(np.prod([v.shape[a] for a in others]))
         gp, graw = _place(gg, v.ndim, (f,)), np.abs(_place(g, v.ndim, (f,)))
-    safe = np.where(norm > 0, norm, 1.0)
-    w = np.where(norm > 0, gp * v / safe, 0.0)
-    # exp(g) loses |g| units (its argument's rounding, amplified).
-    mag = (np.abs(gp) + 1.0) * (np.abs(v) / safe + 1e-300) * (1.0 + (graw if exponential else 0.0))
-    return Ref((w,), (mag,), n, x_scale=np.broadcast_to(safe / math.sqrt(n), v.shape))
+    zero = (norm == 0) if frozen is None else frozen["zero"]
+    safe = np.where(zero, 1.0, norm)
+    w = np.where(zero, 0.0, gp * v / safe)
+    # exp(g) loses |g| units (its argument's rounding, amplified); 1/√n is the response to a tangent
+    # of one natural unit (‖v‖/√n).
+    mag = (np.abs(gp) + 1.0) * (np.abs(v) / safe + 1.0 / math.sqrt(n)) * (1.0 + (graw if exponential else 0.0))
+    return Ref((w,), (mag,), n, x_scale=np.broadcast_to(safe / math.sqrt(n), v.shape), frozen={"zero": zero})
 
 
 def weight_standardize(w, *, feature_axis=-1, epsilon=1e-5):
@@ -571,17 +579,19 @@ def spectral_norm(w, u, *, n_iterations=1, epsilon=1e-12, feature_axis=-1, froze
             vv = _unit(t, epsilon)
             t = mat @ vv
             cond *= (np.linalg.norm(amat @ np.abs(vv)) + 1e-300) / (np.linalg.norm(t) + 1e-300)
-            uu = _unit(t, epsilon)
+            # a step whose W·v is exactly 0 (a zero kernel) keeps u (jaxnorm's documented choice)
+            uu = _unit(t, epsilon) if np.any(t != 0) else uu
         frozen = {"u": uu, "v": vv, "cond": cond}
     uu, vv, cond = frozen["u"], frozen["v"], frozen["cond"]
     sigma = uu @ mat @ vv
     s_mag = (np.abs(uu) @ amat @ np.abs(vv)) * cond
-    if sigma == 0:
-        y, mag = w, np.abs(w)
+    rms = np.sqrt((w * w).mean()) + 1e-300
+    if sigma == 0:  # a zero kernel: σ reads 1, w/σ is w itself
+        y, mag, sigma = w, np.abs(w) + rms, 1.0
     else:
         y = w / sigma
-        mag = np.abs(y) * (1 + s_mag / abs(sigma))
-    rms = np.sqrt((w * w).mean()) + 1e-300
+        # |y| and the response to a tangent of one natural unit (rms(w)): rms/σ, twice.
+        mag = (np.abs(y) + 2 * rms / abs(sigma)) * (1 + s_mag / abs(sigma))
     return Ref((y, uu, np.asarray(sigma)), (mag, cond * (np.abs(uu) + 1e-300), np.asarray(s_mag)),
                int(mat.size), x_scale=rms, frozen=frozen)
 

@@ -11,10 +11,9 @@ what the function and module suites share:
 * **static configurations**: everything that changes what XLA compiles
   (shapes, axes, dtypes, settings) is drawn by a generator written against a
   small :class:`Chooser` interface. Under ``long`` hypothesis draws it
-  directly (so it shrinks); under ``ci`` it is drawn from a fixed pool of a
-  few configurations per scheme, generated once from a seeded
-  ``random.Random`` and pinned cases, so that the compiled functions are
-  reused across examples and the examples vary the data;
+  directly (so it shrinks); under ``ci`` it is one or two hand-picked
+  configurations per scheme (``Scheme.ci``), so that each is compiled once
+  and the examples vary the data;
 * **data**: means, spreads, seeds, mask patterns, all drawn by hypothesis in
   both profiles (they never cause a recompilation);
 * the **tolerance** (:func:`tolerance`): derived from the dtypes' unit
@@ -25,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 
 import jax.numpy as jnp
 import numpy as np
@@ -64,10 +62,17 @@ BATCH_RENORM_MASK_FIXED = False
 #: float32 when the input is 16-bit.
 LOW_PRECISION_PARAMS_FIXED = False
 
+#: finding of this suite: representative_batch_norm across members
+#: (vmap/pmap/shard_map with axis_name) forms x' = x + w_m·K(x) directly, so
+#: its output loses u·|mean|/σ (1e-3 at mean 1e4 in float32; documented in
+#: its docstring, against DESIGN.md's exactness contract). While False, its
+#: vmap(axis_name) mode is not compared.
+RBN_AXIS_NAME_EXACT = False
+
 _ENABLED = {n.strip() for n in os.environ.get("FUZZ_ENABLE", "").split(",") if n.strip()}
 for _name in _ENABLED:
     if _name not in ("BROADCAST_MASKS", "EPSILON_ZERO", "ISSUE23_ITEM1_FIXED", "BATCH_RENORM_MASK_FIXED",
-                     "LOW_PRECISION_PARAMS_FIXED"):
+                     "LOW_PRECISION_PARAMS_FIXED", "RBN_AXIS_NAME_EXACT"):
         raise ValueError(f"FUZZ_ENABLE: unknown switch {_name!r}")
     globals()[_name] = True
 
@@ -134,9 +139,9 @@ def tolerance(ref_out, mag, n, dtype, out_dtype=None):
 # ---------------------------------------------------------------- choosers
 
 class Chooser:
-    """Draw static settings from hypothesis (``draw``) or from a seeded ``random.Random``."""
+    """Draw static settings from hypothesis (``draw``) or from a seeded ``random.Random`` (``rng``)."""
 
-    def __init__(self, draw=None, rng: random.Random | None = None):
+    def __init__(self, draw=None, rng=None):
         self._draw, self._rng = draw, rng
 
     def one(self, options):
@@ -200,22 +205,21 @@ def epsilon_choice(ch: Chooser, default):
     return ch.one(options)
 
 
-def pool(generator, name: str, size: int, pinned=()):
-    """The CI pool of ``size`` static configurations for ``name``, plus ``pinned`` ones."""
-    out = list(pinned)
-    for i in range(size):
-        out.append(generator(Chooser(rng=random.Random(f"jaxnorm-fuzz-{name}-{i}"))))
-    return out
+def static_strategy(generator, ci_configs, pinned=()):
+    """Static configurations: the hand-picked ``ci_configs`` in CI; under ``long``, those, ``pinned``
+    (known-bug shapes, compared once their switch is on) and hypothesis-drawn ones.
 
-
-def static_strategy(generator, name: str, ci_pool_size: int, pinned=()):
-    """Static configurations: a CI pool (sampled), or hypothesis-drawn under ``long``."""
+    CI compiles once per configuration (a few seconds each on 2 cores), so
+    it runs one or two chosen configurations per scheme on varied data; the
+    long profile explores the configurations themselves.
+    """
     if LONG:
         @st.composite
         def drawn(draw):
             return generator(Chooser(draw=draw))
-        return st.one_of(st.sampled_from(list(pinned)), drawn()) if pinned else drawn()
-    return st.sampled_from(pool(generator, name, ci_pool_size, pinned))
+        fixed = list(ci_configs) + list(pinned)
+        return st.one_of(st.sampled_from(fixed), drawn()) if fixed else drawn()
+    return st.sampled_from(list(ci_configs))
 
 
 # ---------------------------------------------------------------- data

@@ -141,7 +141,8 @@ def gen(ch):
     return static
 
 
-PINNED = (
+#: The CI profile's configurations (hand-picked: each is a compilation).
+CI = (
     {"kind": "linen.LayerNorm", "dtype": jnp.float32, "param_dtype": jnp.float32, "use_scale": True,
      "use_bias": True, "kw": (("epsilon", 1e-6), ("feature_axes", (-1,)), ("reduction_axes", (1, -1))),
      "shape": (3, 4, 5), "mask": (3, 4, 5)},
@@ -415,7 +416,7 @@ def run_example(static, p):
         f"output: {int(bad.sum())} entries outside tolerance; worst error/tolerance "
         f"{float(np.max(np.where(compared, err / tol, 0))):.3g}\n  {context}")
     # any difference from flax in the same dtypes is flax's own error
-    flax_err = np.abs(np.asarray(y_same, F64) - yt)
+    flax_err = np.nan_to_num(np.abs(np.asarray(y_same, F64) - yt), nan=np.inf)  # flax's own, unbounded if NaN
     diff = np.abs(y64 - np.asarray(y_same, F64))
     bad = compared & ~(diff <= tol + flax_err)
     assert not bad.any(), f"jaxnorm differs from flax by more than flax's own error\n  {context}"
@@ -455,6 +456,6 @@ def run_example(static, p):
 @fs.examples(10)
 @given(data=st.data())
 def test_fuzz_modules_against_flax(data):
-    static = data.draw(fs.static_strategy(gen, "modules", 0, PINNED), label="static")
+    static = data.draw(fs.static_strategy(gen, CI), label="static")
     p = data.draw(fs.data_params(static["dtype"]), label="data")
     run_example(static, p)

@@ -474,3 +474,28 @@ def test_representative_batch_norm_bfloat16_calibration_rounds_once():
     assert _within_final_rounding(call({k: v.astype(jnp.float32) for k, v in cal.items()}), want,
                                   jnp.bfloat16).all()
     assert _within_final_rounding(call(cal), want, jnp.bfloat16).all()
+
+
+# ---------------------------------------------------------------- finding: RBN across members
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 23 fuzz finding: representative_batch_norm with axis_name forms x' = x + w_m·K(x) directly "
+    "(documented in its docstring), losing u·|mean|/σ against DESIGN.md's exactness contract; fix in "
+    "jaxnorm/_representative*.py by the lead"))
+@pytest.mark.parametrize("mean", [1e2, 1e4])  # measured: 5.6e-6 and 1.0e-3 (whole batch: 2e-7 and 1e-7)
+def test_representative_batch_norm_axis_name_is_exact(mean):
+    """vmap(axis_name) over the batch must equal the whole-batch call, which is exact (float32, unit spread)."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3, 2)) + mean, jnp.float32)
+    cal = dict(center_weight=jnp.asarray([0.5, -0.3], jnp.float32), scale_weight=jnp.asarray([0.2, 0.1], jnp.float32),
+               scale_bias=jnp.ones(2, jnp.float32))
+    stats = jn.BatchStats.init(2)
+
+    def f(x, axis_name=None, batch_axis=0):
+        return jn.representative_batch_norm(x, None, None, stats, training=True, axis_name=axis_name,
+                                            batch_axis=batch_axis, **cal)[0]
+
+    want = jref.representative_batch_norm(np.asarray(x, np.float64), None, None, np.zeros(2), np.ones(2),
+                                          training=True, **{k: np.asarray(v, np.float64) for k, v in cal.items()})[0]
+    assert _max_error(f(x), want) <= EXACT
+    per_example = jax.vmap(lambda xi: f(xi, "batch", None), axis_name="batch")(x)
+    assert _max_error(per_example, want) <= EXACT
