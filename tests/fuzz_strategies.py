@@ -69,10 +69,16 @@ LOW_PRECISION_PARAMS_FIXED = False
 #: vmap(axis_name) mode is not compared.
 RBN_AXIS_NAME_EXACT = False
 
+#: finding of this suite: switchable_norm's derivative with respect to
+#: mean_logits is formed from the rounded means (2.8e-3 on a gradient of 0.33
+#: at mean 1e4 in float32); the forward and the other derivatives are exact.
+#: While False, mean_logits is not among the differentiated inputs.
+SWITCHABLE_LOGIT_GRAD_FIXED = False
+
 _ENABLED = {n.strip() for n in os.environ.get("FUZZ_ENABLE", "").split(",") if n.strip()}
 for _name in _ENABLED:
     if _name not in ("BROADCAST_MASKS", "EPSILON_ZERO", "ISSUE23_ITEM1_FIXED", "BATCH_RENORM_MASK_FIXED",
-                     "LOW_PRECISION_PARAMS_FIXED", "RBN_AXIS_NAME_EXACT"):
+                     "LOW_PRECISION_PARAMS_FIXED", "RBN_AXIS_NAME_EXACT", "SWITCHABLE_LOGIT_GRAD_FIXED"):
         raise ValueError(f"FUZZ_ENABLE: unknown switch {_name!r}")
     globals()[_name] = True
 

@@ -618,7 +618,9 @@ _CACHE: dict = {}
 
 
 def _diffs(scheme, a):
-    return {k: a[k] for k in scheme.diff if k in a}
+    """The differentiated inputs present in ``a`` (less those whose derivative waits for a fix)."""
+    skip = () if fs.SWITCHABLE_LOGIT_GRAD_FIXED or scheme.name != "switchable_norm" else ("mean_logits",)
+    return {k: a[k] for k in scheme.diff if k in a and k not in skip}
 
 
 def _compiled(scheme: Scheme, static):
