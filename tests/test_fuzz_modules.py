@@ -362,7 +362,8 @@ def run_example(static, p):
     shp = static["shape"]
     x = fs.fill(shp, dtype, p)
     mask = fs.mask(static["mask"], p)
-    x = fs.poison(x, mask, p)
+    # No NaN/Inf under the mask here: flax's modules propagate them into the gradients (0·NaN in the
+    # backward of the masked outputs they normalize); the function suite checks jaxnorm's robustness.
 
     flax_init, ours_init = _init_values(static, x)
     assert jax.tree.structure(flax_init) == jax.tree.structure(ours_init), f"variable trees differ\n  {context}"
@@ -429,8 +430,11 @@ def run_example(static, p):
         smag = ref.mag[i]
         stol = fs.tolerance(np.asarray(want, F64), smag, ref.n, jnp.promote_types(dtype, got.dtype), got.dtype)
         stol = stol + flax_units.max() * np.asarray(smag)
-        np.testing.assert_array_less(np.abs(np.asarray(got, F64) - np.asarray(want, F64)), stol + 1e-300,
-                                     err_msg=f"batch_stats {name}\n  {context}")
+        # A channel with every entry masked: flax stores NaN, jaxnorm keeps the old value (documented).
+        seen = np.isfinite(np.asarray(want, F64))
+        assert np.all(np.isfinite(np.asarray(got, F64))), f"batch_stats {name} not finite\n  {context}"
+        np.testing.assert_array_less(np.abs(np.asarray(got, F64) - np.asarray(want, F64))[seen],
+                                     (stol + 1e-300)[seen], err_msg=f"batch_stats {name}\n  {context}")
 
     # directional derivatives
     u_c = fs.unit_roundoff(fs.compute_dtype(jnp.promote_types(dtype, static["param_dtype"])))
@@ -445,6 +449,10 @@ def run_example(static, p):
     rounding = u_out * sum(float(np.sum(np.abs(np.asarray(g, F64) * t))) for g, t in pieces)
     dtol = (2 * fs.gamma(ref.n) * u_c + u_out) * big + rounding + flax_big
     assert np.all(np.isfinite(np.asarray(gx, F64))), f"non-finite input gradient\n  {context}"
+    if not np.isfinite(d_t):
+        # flax's statistics of a set with every entry masked are 0/0, and its gradients NaN
+        note("flax's float64 derivative is NaN (a fully masked set): derivatives not compared")
+        return
     assert abs(d_rev - d_t) <= dtol, (
         f"reverse mode: {d_rev!r}, flax float64 {d_t!r}, |error| {abs(d_rev - d_t):.3g} > {dtol:.3g}\n  {context}")
     d_fwd = float(np.sum(w * np.asarray(ydot, F64)))
