@@ -168,11 +168,11 @@ LAYER_NORM = Scheme(
         # two trailing axes spelled negative, per-example (FiLM) parameters, a full-shape mask
         {"shape": (3, 4, 5), "axis": (-2, -1), "dtype": jnp.float32,
          "params": (("scale", "example"), ("bias", "channel")), "mask": (3, 4, 5), "epsilon": 1e-5},
+    ),
+    pinned=(
         # a middle axis, bfloat16, no mask
         {"shape": (2, 6, 3), "axis": 1, "dtype": jnp.bfloat16, "params": (("scale", "channel"), ("bias", "none")),
          "mask": None, "epsilon": 1e-3},
-    ),
-    pinned=(
         # issue 23 item 1's relative: layer_norm over axis 1 with a mask broadcast along the last axis.
         {"shape": (4, 3, 6), "axis": 1, "dtype": jnp.float32, "params": (("scale", "none"), ("bias", "channel")),
          "mask": (1, 3, 1), "epsilon": 1e-5},
@@ -409,9 +409,9 @@ def _bn_ci(shape, channel_axis, dtype, training=True, convention="flax", momentu
 BATCH_NORM = _batch_scheme("batch_norm", ci=(
     # NCW, training, a full-shape mask, PyTorch's cumulative average
     _bn_ci((4, 3, 5), 1, jnp.float32, convention="torch", momentum=None, mask=(4, 3, 5)),
+), pinned=(
     # channels last, inference, bfloat16, per-example (conditional BN) scale
     _bn_ci((3, 2, 4), -1, jnp.bfloat16, training=False, params=(("scale", "example"), ("bias", "none"))),
-), pinned=(
     # issue 23 item 1's relative: channels last, a mask (N, H, 1)
     _bn_ci((4, 3, 6), -1, jnp.float32, mask=(4, 3, 1)),
 ))
@@ -428,7 +428,7 @@ SWITCHABLE = _batch_scheme("switchable_norm", ("mean_logits", "var_logits"), ci=
     _bn_ci((2, 3, 4), 1, jnp.float32, convention="torch", momentum=0.1, logits=True),
 ))
 EVONORM_B0 = _batch_scheme("evonorm_b0", ("v",), ci=(
-    _bn_ci((3, 2, 4), -1, jnp.float64, v=True),
+    _bn_ci((3, 2, 4), -1, jnp.float64, training=False, v=True),  # inference: the running variance
 ))
 
 
@@ -832,6 +832,22 @@ def _check_derivatives(scheme, static, a, ref, res, p, context):
         f"{abs(d - d_fd):.3g} > tolerance {tol:.3g}\n  {context}")
 
 
+_EAGER: dict = {}
+
+
+#: The schemes whose eager mode the CI profile checks (the long profile checks every scheme's).
+#: An eager call compiles each primitive on first use: as much CPU as the whole jitted check.
+CI_EAGER = ("layer_norm", "rms_norm", "group_norm", "instance_norm", "batch_norm", "local_response_norm")
+
+
+def _eager_due(scheme, static) -> bool:
+    """Eager calls dispatch every primitive (0.1–0.4 s of CPU each): CI runs the first two per configuration
+    of the schemes in :data:`CI_EAGER`."""
+    key = (scheme.name, _key(static))
+    _EAGER[key] = _EAGER.get(key, 0) + 1
+    return fs.LONG or (scheme.name in CI_EAGER and _EAGER[key] <= 2)
+
+
 def run_example(scheme: Scheme, static, p):
     """All modes of one example against the oracle (see module docstring)."""
     context = f"{scheme.name} static={static} data={p}"
@@ -844,7 +860,8 @@ def run_example(scheme: Scheme, static, p):
     fmax = float(jnp.finfo(dtype).max)
     overflow = any(np.any(np.abs(o) > fmax / 4) for o in ref.out[:1] + ref2.out[:1])
 
-    _check_outputs("eager", scheme.call(static, a), ref, scheme, static, context)
+    if _eager_due(scheme, static):
+        _check_outputs("eager", scheme.call(static, a), ref, scheme, static, context)
     w, t, _ = _tangents(scheme, static, a, ref, p)
     res = _compiled(scheme, static)["combo"](a, a2, w, t)
     traced_ok = not fs.traced_mask_affected(static["shape"], static.get("mask"))
@@ -891,15 +908,15 @@ def _fuzz(scheme, ci_examples):
     return test
 
 
-test_fuzz_layer_norm = _fuzz(LAYER_NORM, 14)
+test_fuzz_layer_norm = _fuzz(LAYER_NORM, 10)
 test_fuzz_rms_norm = _fuzz(RMS_NORM, 6)
-test_fuzz_group_norm = _fuzz(GROUP_NORM, 12)
-test_fuzz_instance_norm = _fuzz(INSTANCE_NORM, 12)
-test_fuzz_batch_norm = _fuzz(BATCH_NORM, 14)
-test_fuzz_batch_renorm = _fuzz(BATCH_RENORM, 8)
-test_fuzz_representative_batch_norm = _fuzz(REPRESENTATIVE, 8)
-test_fuzz_switchable_norm = _fuzz(SWITCHABLE, 8)
-test_fuzz_evonorm_b0 = _fuzz(EVONORM_B0, 8)
+test_fuzz_group_norm = _fuzz(GROUP_NORM, 8)
+test_fuzz_instance_norm = _fuzz(INSTANCE_NORM, 8)
+test_fuzz_batch_norm = _fuzz(BATCH_NORM, 10)
+test_fuzz_batch_renorm = _fuzz(BATCH_RENORM, 6)
+test_fuzz_representative_batch_norm = _fuzz(REPRESENTATIVE, 6)
+test_fuzz_switchable_norm = _fuzz(SWITCHABLE, 6)
+test_fuzz_evonorm_b0 = _fuzz(EVONORM_B0, 6)
 test_fuzz_evonorm_s0 = _fuzz(EVONORM_S0, 6)
 test_fuzz_filter_response_norm = _fuzz(FILTER_RESPONSE, 6)
 test_fuzz_local_response_norm = _fuzz(LOCAL_RESPONSE, 6)
@@ -909,7 +926,7 @@ test_fuzz_spectral_norm = _fuzz(SPECTRAL_NORM, 6)
 test_fuzz_fold_batch_norm = _fuzz(FOLD_BATCH_NORM, 4)
 
 
-@fs.examples(20)
+@fs.examples(10)
 @given(step=st.integers(0, 60000), r_max=st.sampled_from((1.0, 2.0, 3.0)), d_max=st.sampled_from((0.0, 2.5, 5.0)),
        traced=st.booleans())
 def test_fuzz_batch_renorm_schedule(step, r_max, d_max, traced):
