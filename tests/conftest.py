@@ -28,7 +28,7 @@ if jax.default_backend() != "gpu":
 # "ci" (the fuzz suite's default): derandomized (the same examples every run),
 # no example database, no shrinking, so that the whole fuzz run stays within
 # about a minute on 2 cores. "long" (HYPOTHESIS_PROFILE=long): random
-# examples, 20x as many, shrinking on, for a person to run by hand. The fuzz
+# examples, 10x as many, shrinking on, for a person to run by hand. The fuzz
 # tests take their settings from the selected profile
 # (fuzz_strategies.examples); the other hypothesis tests keep their own
 # settings unless HYPOTHESIS_PROFILE is set.

@@ -89,11 +89,11 @@ LONG = PROFILE == "long"
 
 
 def examples(ci: int, long: int | None = None) -> settings:
-    """``@settings`` for one fuzz test: the profile's, with ``ci`` examples in CI, ``long`` (default 20×) by hand.
+    """``@settings`` for one fuzz test: the profile's, with ``ci`` examples in CI, ``long`` (default 10×) by hand.
 
     ``FUZZ_EXAMPLES=<n>`` overrides the count (e.g. a quick look under ``long``).
     """
-    count = (long or 20 * ci) if LONG else ci
+    count = (long or 10 * ci) if LONG else ci
     if os.environ.get("FUZZ_EXAMPLES"):
         count = int(os.environ["FUZZ_EXAMPLES"])
     return settings(settings.get_profile(PROFILE), max_examples=count)
@@ -140,6 +140,25 @@ def tolerance(ref_out, mag, n, dtype, out_dtype=None):
     u_out = unit_roundoff(out_dtype)
     tiny = float(jnp.finfo(out_dtype).smallest_subnormal)
     return 2 * gamma(n) * u_c * np.asarray(mag) + u_out * np.abs(ref_out) + tiny
+
+
+def derivative_scale(d_ref: float, w, mag, zmax: float, r: float) -> float:
+    """The magnitude a directional derivative ``⟨w, J·t⟩``'s rounding error is measured against.
+
+    A tangent of ``zmax`` natural units moves each output by at most
+    ``zmax·(2 + R)`` times its magnitude ``mag`` (the closed-form derivative of
+    a normalization, ``σ⁻¹(g − ḡ − x̂·mean(g·x̂))``, R the largest ``|x̂|``).
+    The errors of the statistics a set shares scale the whole derivative
+    (``|D|``); the per-entry errors are independent under the probabilistic
+    model behind :func:`gamma` and add in quadrature (λ = 4):
+    ``(|D| + 4·‖w·mag‖₂)·zmax·(2 + R)``.
+    """
+    return (abs(d_ref) + 4.0 * float(np.linalg.norm(np.ravel(np.asarray(w) * np.asarray(mag))))) * zmax * (2 + r)
+
+
+def rounding_scale(d_ref: float, products) -> float:
+    """``|D| + 4·‖t·g‖₂``: the final rounding of each gradient (or tangent) entry, independent per entry."""
+    return abs(d_ref) + 4.0 * float(np.sqrt(sum(np.sum(np.square(np.asarray(p, np.float64))) for p in products)))
 
 
 # ---------------------------------------------------------------- choosers

@@ -29,8 +29,23 @@ Each example is checked, against the oracle, in every mode:
   Masked entries must get exactly zero, finite gradients.
 
 The jitted modes of one static configuration are one compiled function,
-cached for the session (:func:`_compiled`); the CI profile draws static
-configurations from a small pool so that most examples reuse it.
+cached for the session (:func:`_compiled`). A configuration costs a few
+seconds of compilation on 2 cores and an example after that tens of
+milliseconds, so the CI profile (the default) runs one hand-picked
+configuration per scheme (``Scheme.ci``) on several derandomized data
+examples, checks eager mode for the statistics-core schemes
+(:data:`CI_EAGER`) and compiles one constant mask per configuration; the
+long profile (``HYPOTHESIS_PROFILE=long``) draws the configurations
+themselves (rank 2–5, sizes 1–9, every axis spelling, dtype and setting),
+adds ``Scheme.pinned`` known-bug shapes, and checks every mode of every
+example.
+
+Findings so far are regression tests in ``tests/test_regressions_issue23.py``;
+the fuzz suite does not generate, or does not compare, what waits for their
+fixes, behind the switches of ``fuzz_strategies`` (``ISSUE23_ITEM1_FIXED``,
+``BATCH_RENORM_MASK_FIXED``, ``LOW_PRECISION_PARAMS_FIXED``,
+``RBN_AXIS_NAME_EXACT``, ``SWITCHABLE_LOGIT_GRAD_FIXED``, ``EPSILON_ZERO``,
+``BROADCAST_MASKS``); ``FUZZ_ENABLE=NAME,...`` turns them on.
 
 Tolerances
 ----------
@@ -51,15 +66,21 @@ textbook ``E[x²] − E[x]²`` anywhere fails by orders of magnitude.
 
 Directional derivatives::
 
-    |D_jax − D_fd| <= (2·γ_n·u_c + u_out)·T·Σ|w|·mag + u_out·Σ|t·g| + e_fd
+    |D_jax − D_fd| <= (2·γ_n·u_c + u_out)·(|D| + 4·‖w·mag‖₂)·T + u_out·(|D| + 4·‖t·g‖₂) + e_fd
 
 with ``T = ‖z‖∞·(2 + R)`` (a tangent of ``z`` natural units moves an output
 by at most that many times its magnitude: the closed-form derivative of a
-normalization, ``σ⁻¹(g − ḡ − x̂·mean(g·x̂))``) and ``e_fd`` the difference of
-two Richardson extrapolations plus the oracle's rounding divided by the step.
+normalization, ``σ⁻¹(g − ḡ − x̂·mean(g·x̂))``), the errors of shared
+statistics proportional to ``D`` and the per-entry ones independent (adding
+in quadrature, λ = 4, the model behind ``γ_n``), and ``e_fd`` the difference
+of two Richardson extrapolations plus the oracle's rounding divided by the
+step (``fuzz_strategies.derivative_scale``).
 
-What is not generated yet is behind the switches in ``fuzz_strategies``
-(``BROADCAST_MASKS``, ``EPSILON_ZERO``, ``ISSUE23_ITEM1_FIXED``).
+These bounds are derived, not fitted: the conditioning factor and the
+magnitudes are worst cases of the error model, so they sit one to three
+orders of magnitude above typical errors (forward: ~1e-5 relative in float32
+for sets of 20, far below the 1e-2 to 1e-1 of a textbook variance at a mean
+of 1e4; derivatives: ~3e-3 relative; a derivative off by 1% fails).
 """
 
 from __future__ import annotations
@@ -808,7 +829,7 @@ def _check_derivatives(scheme, static, a, ref, res, p, context):
     u_c = fs.unit_roundoff(fs.compute_dtype(dtype))
     u_out = fs.unit_roundoff(dtype)
     r = np.sqrt(max(ref.kappa - 1.0, 0.0))
-    big = float(np.sum(np.abs(w64) * ref.mag[0])) * zmax * (2 + r)
+    big = fs.derivative_scale(d_fd, w64, ref.mag[0], zmax, r)
     # ``res`` was computed with this very (w, t): _tangents is deterministic in the example.
     for mode in ("vjp", "checkpoint"):
         g = {k: np.asarray(jnp.asarray(v).astype(jnp.float64)) for k, v in res[mode].items()}
@@ -818,7 +839,7 @@ def _check_derivatives(scheme, static, a, ref, res, p, context):
             full = np.broadcast_to(a["where"], a["x"].shape)
             assert np.all(g["x"][~full] == 0), f"{mode}: masked entries have non-zero gradient\n  {context}"
         d = sum(float(np.sum(g[k] * t64[k])) for k in t64)
-        rounding = u_out * sum(float(np.sum(np.abs(g[k] * t64[k]))) for k in t64)
+        rounding = u_out * fs.rounding_scale(d_fd, [g[k] * t64[k] for k in t64])
         tol = (2 * fs.gamma(ref.n) * u_c + u_out) * big + rounding + e_fd
         assert abs(d - d_fd) <= tol, (
             f"{mode}: directional derivative {d!r}, finite differences of the oracle {d_fd!r}, |error| "
@@ -826,7 +847,7 @@ def _check_derivatives(scheme, static, a, ref, res, p, context):
     ydot = np.asarray(jnp.asarray(res["jvp"]).astype(jnp.float64))
     assert np.all(np.isfinite(ydot[w64 != 0])), f"jvp: non-finite tangent\n  {context}"
     d = float(np.sum(w64 * ydot))
-    tol = (2 * fs.gamma(ref.n) * u_c + u_out) * big + u_out * float(np.sum(np.abs(w64 * ydot))) + e_fd
+    tol = (2 * fs.gamma(ref.n) * u_c + u_out) * big + u_out * fs.rounding_scale(d_fd, [w64 * ydot]) + e_fd
     assert abs(d - d_fd) <= tol, (
         f"jvp: directional derivative {d!r}, finite differences of the oracle {d_fd!r}, |error| "
         f"{abs(d - d_fd):.3g} > tolerance {tol:.3g}\n  {context}")

@@ -440,13 +440,13 @@ def run_example(static, p):
     u_c = fs.unit_roundoff(fs.compute_dtype(jnp.promote_types(dtype, static["param_dtype"])))
     u_out = max(fs.unit_roundoff(out_dtype), fs.unit_roundoff(dtype))
     r = np.sqrt(max(ref.kappa - 1.0, 0.0))
-    big = float(np.sum(np.abs(w) * mag)) * zmax * (2 + r)
-    flax_big = float(np.sum(np.abs(w) * mag * flax_units)) * zmax * (2 + r)
     d_t = sum(float(np.sum(np.asarray(g, F64) * t)) for g, t in zip(jax.tree.leaves(gp_t) + [gx_t],
                                                                      jax.tree.leaves(tp64) + [tx64]))
+    big = fs.derivative_scale(d_t, w, mag, zmax, r)
+    flax_big = fs.derivative_scale(d_t, w, mag * flax_units, zmax, r)
     pieces = list(zip(jax.tree.leaves(gp) + [gx], jax.tree.leaves(tp64) + [tx64]))
     d_rev = sum(float(np.sum(np.asarray(g, F64) * t)) for g, t in pieces)
-    rounding = u_out * sum(float(np.sum(np.abs(np.asarray(g, F64) * t))) for g, t in pieces)
+    rounding = u_out * fs.rounding_scale(d_t, [np.asarray(g, F64) * t for g, t in pieces])
     dtol = (2 * fs.gamma(ref.n) * u_c + u_out) * big + rounding + flax_big
     assert np.all(np.isfinite(np.asarray(gx, F64))), f"non-finite input gradient\n  {context}"
     if not np.isfinite(d_t):
@@ -457,7 +457,7 @@ def run_example(static, p):
         f"reverse mode: {d_rev!r}, flax float64 {d_t!r}, |error| {abs(d_rev - d_t):.3g} > {dtol:.3g}\n  {context}")
     d_fwd = float(np.sum(w * np.asarray(ydot, F64)))
     d_fwd_t = float(np.sum(w * np.asarray(ydot_t, F64)))
-    assert abs(d_fwd - d_fwd_t) <= dtol + u_out * float(np.sum(np.abs(w * np.asarray(ydot, F64)))), (
+    assert abs(d_fwd - d_fwd_t) <= dtol + u_out * fs.rounding_scale(d_fwd_t, [w * np.asarray(ydot, F64)]), (
         f"forward mode: {d_fwd!r}, flax float64 {d_fwd_t!r}\n  {context}")
 
 
