@@ -43,11 +43,12 @@ BROADCAST_MASKS = False
 #: issue 23 item 5: epsilon = 0 (a constant set must give bias, finite grads).
 EPSILON_ZERO = False
 #: issue 23 item 1 and its relatives found by this suite: under jit (and
-#: under vmap, which jits), a *traced* mask that is broadcast (size 1 along
-#: an axis where x is larger) can lose exactness: instance_norm and
-#: group_norm(G=C) with (1, H, 1), layer_norm over axis 1 with (1, H, 1),
-#: batch_norm channels-last with (N, H, 1). While False, those two modes are
-#: not compared for broadcast masks (eager and a constant mask still are).
+#: under vmap, which jits), a mask that is broadcast (size 1 along an axis
+#: where x is larger) can lose exactness, traced or closed over as a constant
+#: (unless all True): instance_norm and group_norm(G=C) with (1, H, 1),
+#: layer_norm over axis 1 with (1, H, 1) or over axis 0 with (1, 1, 1, 1),
+#: batch_norm channels-last with (N, H, 1). While False, the jitted modes are
+#: not compared for broadcast masks (eager still is).
 ISSUE23_ITEM1_FIXED = False
 #: finding of this suite: batch_renorm with a mask under jit (a constant
 #: mask, or a traced broadcast one) forms its correction d inexactly (error
@@ -305,8 +306,8 @@ def param(shape, dtype, p, salt, *, around=0.0, spread=1.0):
     return np.asarray(jnp.asarray(around + spread * rng.standard_normal(shape), dtype))
 
 
-def traced_mask_affected(x_shape, mshape) -> bool:
-    """Whether a traced mask of ``mshape`` is in issue 23 item 1's family (see ISSUE23_ITEM1_FIXED).
+def broadcast_mask_affected(x_shape, mshape) -> bool:
+    """Whether a mask of ``mshape`` is in issue 23 item 1's family under jit (see ISSUE23_ITEM1_FIXED).
 
     A mask broadcast along some axis: its size is 1 where x's is larger.
     """

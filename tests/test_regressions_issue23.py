@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fuzz_reference as fr
 import jaxnorm as jn
 from jaxnorm import reference as jref
 
@@ -279,6 +280,33 @@ def test_item1_jit_traced_broadcast_mask_is_exact(name, call, reference, shape, 
     assert _max_error(call(x, m), want) <= EXACT
     assert _max_error(jax.jit(lambda x: call(x, m))(x), want) <= EXACT
     assert _max_error(jax.jit(call)(x, m), want) <= EXACT
+
+
+ITEM1_CONSTANT_CASES = [
+    # (name, call(x, m), reference(x64, m), x shape, mask); measured error under jit with the mask closed over
+    ("instance_norm-random", lambda x, m: jn.instance_norm(x, where=m),
+     lambda x, m: fr.instance_norm(x, where=m).out[0], (2, 3, 4, 5),
+     np.random.default_rng(1).random((1, 3, 4, 1)) < 0.5),  # 7.2e-4 (traced: 7.2e-4; at full shape: 1.7e-7)
+    ("layer_norm-axis0-scalar-mask", lambda x, m: jn.layer_norm(x, axis=0, where=m),
+     lambda x, m: fr.layer_norm(x, axis=0, where=m).out[0], (5, 1, 4, 5), np.ones((1, 1, 1, 1), bool)),  # 8.3e-4
+]
+
+
+@ITEM1
+@pytest.mark.parametrize("name, call, reference, shape, mask", ITEM1_CONSTANT_CASES,
+                         ids=[c[0] for c in ITEM1_CONSTANT_CASES])
+def test_item1_jit_constant_broadcast_mask_is_exact(name, call, reference, shape, mask):
+    """Issue 23 item 1, found by the fuzz suite: a broadcast mask closed over under jit (a constant) too, at mean 1e4.
+
+    Eager is exact (2e-7); the same mask pattern materialized at x's full
+    shape is exact under jit; the broadcast one is not, traced or constant.
+    """
+    x = _unit_spread(shape, 1e4)
+    want = reference(np.asarray(x, np.float64), mask)
+    assert _max_error(call(x, mask), want) <= EXACT
+    full = np.broadcast_to(mask, shape).copy()
+    assert _max_error(jax.jit(lambda x: call(x, full))(x), want) <= EXACT
+    assert _max_error(jax.jit(lambda x: call(x, mask))(x), want) <= EXACT
 
 
 @ITEM1
