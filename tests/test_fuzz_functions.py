@@ -88,6 +88,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import fuzz_reference as fr
+import fuzz_strategies as fs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,8 +97,6 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import fuzz_reference as fr
-import fuzz_strategies as fs
 import jaxnorm as jn
 from jaxnorm import reference as jref
 
@@ -390,8 +390,8 @@ def _batch_call(kind, member=False):
 
 def _batch_ref(kind):
     def ref(s, a, fz):
-        common = dict(training=s["training"], momentum=_momentum_value(s), epsilon=s["epsilon"],
-                      channel_axis=s["channel_axis"])
+        common = {"training": s["training"], "momentum": _momentum_value(s), "epsilon": s["epsilon"],
+                  "channel_axis": s["channel_axis"]}
         count = a["count"] if s["convention"] == "torch" and s["momentum"] is None else None
         if kind not in ("batch_norm", "batch_renorm"):
             common["count"] = count
@@ -952,7 +952,7 @@ test_fuzz_fold_batch_norm = _fuzz(FOLD_BATCH_NORM, 4)
        traced=st.booleans())
 def test_fuzz_batch_renorm_schedule(step, r_max, d_max, traced):
     """The schedule's ramps (Ioffe 2017 §4), eager and with a traced step."""
-    f = lambda s: jn.batch_renorm_schedule(s, r_max=r_max, d_max=d_max)  # noqa: E731
+    f = lambda s: jn.batch_renorm_schedule(s, r_max=r_max, d_max=d_max)
     got = jax.jit(f)(jnp.asarray(step)) if traced else f(step)
     ref = fr.batch_renorm_schedule(step, r_max=r_max, d_max=d_max)
     for g, want, mag in zip(got, ref.out, ref.mag):

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import os
 
+import fuzz_reference as fr
+import fuzz_strategies as fs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +41,6 @@ from flax import nnx
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import fuzz_reference as fr
-import fuzz_strategies as fs
 import jaxnorm.linen as jl
 import jaxnorm.nnx as jx
 

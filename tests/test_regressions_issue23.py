@@ -11,14 +11,12 @@ never jaxnorm's own code.
 
 from __future__ import annotations
 
-import functools
-
+import fuzz_reference as fr
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import fuzz_reference as fr
 import jaxnorm as jn
 from jaxnorm import reference as jref
 
@@ -77,7 +75,7 @@ def test_momentum_concrete_array_out_of_range_raises(name, value):
             f(_x(), _stats(), training=True, momentum=momentum, **extra)
         # A concrete jax.Array closed over by a jitted function is still concrete.
         with pytest.raises(ValueError, match=rf"^{name}: momentum must lie in \[0, 1\]"):
-            jax.jit(lambda x: f(x, _stats(), training=True, momentum=momentum, **extra))(_x())
+            jax.jit(lambda x, m=momentum, e=extra: f(x, _stats(), training=True, momentum=m, **e))(_x())
 
 
 @pytest.mark.parametrize("name", FAMILY)
@@ -169,13 +167,13 @@ def test_list_input_error_names_function(name):
 def test_list_parameter_error_names_function(what):
     x = jnp.ones((2, 3))
     if what == "scale":
-        call = lambda: jn.layer_norm(x, [1.0, 1.0, 1.0])  # noqa: E731
+        call = lambda: jn.layer_norm(x, [1.0, 1.0, 1.0])
         pattern = r"^layer_norm: scale must be an array, got a Python list"
     elif what == "where":
-        call = lambda: jn.layer_norm(x, where=[[True] * 3] * 2)  # noqa: E731
+        call = lambda: jn.layer_norm(x, where=[[True] * 3] * 2)
         pattern = r"^layer_norm: where must be an array, got a Python list"
     else:
-        call = lambda: jn.batch_norm(x, None, None, jn.BatchStats([0.0] * 3, [1.0] * 3), training=True)  # noqa: E731
+        call = lambda: jn.batch_norm(x, None, None, jn.BatchStats([0.0] * 3, [1.0] * 3), training=True)
         pattern = r"^batch_norm: stats.mean must be an array, got a Python list"
     with pytest.raises(TypeError, match=pattern):
         call()
@@ -208,10 +206,10 @@ def test_training_numpy_bool_accepted(name, training):
         for a, b in zip(got_st, want_st):
             if a is not None:
                 np.testing.assert_array_equal(a, b)
-        jit_y, _ = jax.jit(lambda x: f(x, _stats(), training=flag))(x)
+        jit_y, _ = jax.jit(lambda x, flag=flag: f(x, _stats(), training=flag))(x)
         np.testing.assert_allclose(jit_y, want_y, rtol=1e-6, atol=1e-6)
         # and it differentiates
-        g = jax.grad(lambda x: jnp.sum(jnp.sin(f(x, _stats(), training=flag)[0])))(x)
+        g = jax.grad(lambda x, flag=flag: jnp.sum(jnp.sin(f(x, _stats(), training=flag)[0])))(x)
         assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -441,7 +439,7 @@ def test_item5_epsilon_zero_constant_set_gives_bias_and_finite_gradients(name):
     for f in (call, jax.jit(call)):
         y = np.asarray(f(x), np.float64)
         np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
-        g = jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x)
+        g = jax.grad(lambda x, f=f: jnp.sum(jnp.sin(f(x))))(x)
         assert np.all(np.isfinite(np.asarray(g))), f"{name}: non-finite gradient"
 
 
@@ -476,7 +474,7 @@ def test_switchable_norm_float16_logits_round_once():
     want = jref.switchable_norm(np.asarray(x, np.float64), None, None, np.asarray(stats.mean, np.float64),
                                 np.asarray(stats.var, np.float64), training=False,
                                 mean_logits=np.asarray(ml, np.float64), var_logits=np.asarray(vl, np.float64))[0]
-    call = lambda ml, vl: jn.switchable_norm(x, None, None, stats, training=False, mean_logits=ml,  # noqa: E731
+    call = lambda ml, vl: jn.switchable_norm(x, None, None, stats, training=False, mean_logits=ml,
                                              var_logits=vl)[0]
     assert _within_final_rounding(call(ml.astype(jnp.float32), vl.astype(jnp.float32)), want, jnp.float16).all()
     assert _within_final_rounding(call(ml, vl), want, jnp.float16).all()
@@ -514,8 +512,8 @@ def test_representative_batch_norm_bfloat16_calibration_rounds_once():
 def test_representative_batch_norm_axis_name_is_exact(mean):
     """vmap(axis_name) over the batch must equal the whole-batch call, which is exact (float32, unit spread)."""
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 3, 2)) + mean, jnp.float32)
-    cal = dict(center_weight=jnp.asarray([0.5, -0.3], jnp.float32), scale_weight=jnp.asarray([0.2, 0.1], jnp.float32),
-               scale_bias=jnp.ones(2, jnp.float32))
+    cal = {"center_weight": jnp.asarray([0.5, -0.3], jnp.float32),
+           "scale_weight": jnp.asarray([0.2, 0.1], jnp.float32), "scale_bias": jnp.ones(2, jnp.float32)}
     stats = jn.BatchStats.init(2)
 
     def f(x, axis_name=None, batch_axis=0):
