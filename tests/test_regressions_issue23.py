@@ -209,7 +209,7 @@ def test_training_numpy_bool_accepted(name, training):
         jit_y, _ = jax.jit(lambda x, flag=flag: f(x, _stats(), training=flag))(x)
         np.testing.assert_allclose(jit_y, want_y, rtol=1e-6, atol=1e-6)
         # and it differentiates
-        g = jax.grad(lambda x, flag=flag: jnp.sum(jnp.sin(f(x, _stats(), training=flag)[0])))(x)
+        g = jax.jit(jax.grad(lambda x, flag=flag: jnp.sum(jnp.sin(f(x, _stats(), training=flag)[0]))))(x)
         assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -522,8 +522,8 @@ def test_representative_batch_norm_axis_name_is_exact(mean):
 
     want = jref.representative_batch_norm(np.asarray(x, np.float64), None, None, np.zeros(2), np.ones(2),
                                           training=True, **{k: np.asarray(v, np.float64) for k, v in cal.items()})[0]
-    assert _max_error(f(x), want) <= EXACT
-    per_example = jax.vmap(lambda xi: f(xi, "batch", None), axis_name="batch")(x)
+    assert _max_error(jax.jit(f)(x), want) <= EXACT
+    per_example = jax.jit(jax.vmap(lambda xi: f(xi, "batch", None), axis_name="batch"))(x)
     assert _max_error(per_example, want) <= EXACT
 
 
@@ -552,7 +552,7 @@ def test_switchable_norm_mean_logits_gradient_is_exact(mean):
                                    var_logits=vl)[0]
             return jnp.sum(jnp.asarray(w, dtype) * y)
 
-        return jax.grad(loss, (0, 1, 2))(x32.astype(dtype), jnp.asarray(ml, dtype), jnp.asarray(vl, dtype))
+        return jax.jit(jax.grad(loss, (0, 1, 2)))(x32.astype(dtype), jnp.asarray(ml, dtype), jnp.asarray(vl, dtype))
 
     got, want = grads(jnp.float32), grads(jnp.float64)  # float64: exact to ~1e-11 at these means
     for g, r in zip(got, want):
