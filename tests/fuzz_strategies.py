@@ -76,10 +76,18 @@ RBN_AXIS_NAME_EXACT = False
 #: While False, mean_logits is not among the differentiated inputs.
 SWITCHABLE_LOGIT_GRAD_FIXED = False
 
+#: finding of this suite: batch_norm and batch_renorm in inference
+#: (training=False) with a mask whose masked entries hold NaN give a NaN
+#: gradient with respect to scale (the output is finite): the affine map is
+#: applied before the masked entries are selected away. While False, masked
+#: entries are not poisoned in the family's inference examples.
+INFERENCE_MASK_NAN_GRAD_FIXED = False
+
 _ENABLED = {n.strip() for n in os.environ.get("FUZZ_ENABLE", "").split(",") if n.strip()}
 for _name in _ENABLED:
     if _name not in ("BROADCAST_MASKS", "EPSILON_ZERO", "ISSUE23_ITEM1_FIXED", "BATCH_RENORM_MASK_FIXED",
-                     "LOW_PRECISION_PARAMS_FIXED", "RBN_AXIS_NAME_EXACT", "SWITCHABLE_LOGIT_GRAD_FIXED"):
+                     "LOW_PRECISION_PARAMS_FIXED", "RBN_AXIS_NAME_EXACT", "SWITCHABLE_LOGIT_GRAD_FIXED",
+                     "INFERENCE_MASK_NAN_GRAD_FIXED"):
         raise ValueError(f"FUZZ_ENABLE: unknown switch {_name!r}")
     globals()[_name] = True
 

@@ -322,6 +322,8 @@ def _batch_arrays(kind):
         shp = static["shape"]
         c = shp[_canon(static["channel_axis"], len(shp))]
         dtype = static["dtype"]
+        if not static["training"] and not fs.INFERENCE_MASK_NAN_GRAD_FIXED:
+            p = {**p, "poison": None}  # NaN under the mask in inference waits for the fix (fuzz_strategies)
         out = {**_x_and_mask(static, p, member),
                **_params(static, p, dtype, {"channel": (c,), "example": (shp[0], c)})}
         sd = _stats_dtype(static)
@@ -825,6 +827,10 @@ def _check_derivatives(scheme, static, a, ref, res, p, context):
         return
     a64, w64 = _f64(a), np.asarray(w, F64)
     t64 = {k: np.asarray(v, F64) for k, v in t.items()}
+    if float(np.sum(np.abs(w64) * ref.mag[0])) * max(zmax, 1.0) >= float(jnp.finfo(dtype).max) / 8:
+        # a parameter's gradient sums over many entries and may exceed float16's range (then inf is right)
+        note("derivatives not compared: a gradient may overflow the dtype")
+        return
     d_fd, e_fd = _fd(scheme, static, a64, ref, w64, t64)
     u_c = fs.unit_roundoff(fs.compute_dtype(dtype))
     u_out = fs.unit_roundoff(dtype)

@@ -557,3 +557,28 @@ def test_switchable_norm_mean_logits_gradient_is_exact(mean):
     got, want = grads(jnp.float32), grads(jnp.float64)  # float64: exact to ~1e-11 at these means
     for g, r in zip(got, want):
         assert _max_error(g, r) <= 1e-5 * float(jnp.max(jnp.abs(r)))
+
+
+# ---------------------------------------------------------------- finding: NaN under the mask in inference
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 23 fuzz finding: batch_norm/batch_renorm with training=False apply the affine map before the "
+    "masked entries are selected away, so NaN there makes the scale gradient NaN; fix in "
+    "jaxnorm/_batch_norm.py (running_normalize) by the lead"))
+@pytest.mark.parametrize("name", ["batch_norm", "batch_renorm"])
+def test_inference_mask_nan_entries_give_finite_gradients(name):
+    """DESIGN.md: masked entries never influence anything, even holding NaN; training mode and the other schemes
+    pass this (their gradients are finite), inference gives a NaN gradient with respect to scale."""
+    x = jnp.asarray([[1.0, 2.0, 3.0], [4.0, jnp.nan, 6.0]], jnp.float32)
+    m = jnp.asarray([[True, True, True], [True, False, True]])
+    stats = jn.BatchStats(jnp.zeros(3, jnp.float32), jnp.ones(3, jnp.float32))
+    fn = getattr(jn, name)
+
+    def loss(x, scale, bias, training):
+        return jnp.sum(fn(x, scale, bias, stats, training=training, where=m)[0])
+
+    ones, zeros = jnp.ones(3, jnp.float32), jnp.zeros(3, jnp.float32)
+    for training in (True, False):
+        grads = jax.grad(loss, (0, 1, 2))(x, ones, zeros, training)
+        for g in grads:
+            assert np.all(np.isfinite(np.asarray(g))), f"training={training}: non-finite gradient"
