@@ -700,7 +700,7 @@ def _member_axes(static, a):
     for name, kind in static.get("params", ()):
         if kind == "example":
             out.append(name)
-    if "where" in a and np.shape(a["where"])[0] == n:
+    if "where" in a and np.ndim(a["where"]) == len(static["shape"]) and np.shape(a["where"])[0] == n:
         out.append("where")
     return out
 
@@ -708,7 +708,8 @@ def _member_axes(static, a):
 def _member_inputs(static, a):
     """The arrays a member sees when shared: a mask with a leading 1 loses that axis."""
     b = dict(a)
-    if "where" in a and np.shape(a["where"])[0] != static["shape"][0]:
+    full_rank = "where" in a and np.ndim(a["where"]) == len(static["shape"])
+    if full_rank and np.shape(a["where"])[0] != static["shape"][0]:
         b["where"] = a["where"][0]
     return b
 
