@@ -11,9 +11,9 @@ what the function and module suites share:
 * **static configurations**: everything that changes what XLA compiles
   (shapes, axes, dtypes, settings) is drawn by a generator written against a
   small :class:`Chooser` interface. Under ``long`` hypothesis draws it
-  directly (so it shrinks); under ``ci`` it is one or two hand-picked
-  configurations per scheme (``Scheme.ci``), so that each is compiled once
-  and the examples vary the data;
+  directly (so it shrinks); under ``ci`` it is one hand-picked configuration
+  per scheme (``Scheme.ci``; four for the modules), so that each is compiled
+  once and the examples vary the data;
 * **data**: means, spreads, seeds, mask patterns, all drawn by hypothesis in
   both profiles (they never cause a recompilation);
 * the **tolerance** (:func:`tolerance`): derived from the dtypes' unit
