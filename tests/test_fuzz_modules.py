@@ -244,7 +244,23 @@ def _params_and_stats(tree):
 
 
 def _apply_fn(static, lib, *, truth=False):
-    """``apply(params, stats, x, mask) -> (y, new_stats)`` for the module of ``static``."""
+    """``apply(params, stats, x, mask) -> (y, new_stats)`` for the module of ``static``.
+
+    With ``axis_name`` (issue 22 item 2) the module was initialized outside any
+    transformation and is called as the one member of ``vmap(..., axis_name)``.
+    """
+    apply = _plain_apply_fn(static, lib, truth=truth)
+    if not static.get("axis_name"):
+        return apply
+
+    def member(params, stats, x, mask):
+        one = jax.vmap(lambda xx: apply(params, stats, xx, mask), axis_name="batch", out_axes=(0, None))
+        y, new = one(x[None])
+        return y[0], new
+    return member
+
+
+def _plain_apply_fn(static, lib, *, truth=False):
     api, kind = static["kind"].split(".")
     module = _module(static, lib, truth=truth)
     call_kw = {}
