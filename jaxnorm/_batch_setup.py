@@ -132,12 +132,7 @@ def setup(
         (``single_value="error"``) a training reduction over a single value
         per channel.
     """
-    if not isinstance(training, bool):
-        raise TypeError(
-            f"{fn}: training must be a Python bool, got {training!r} of type "
-            f"{type(training).__name__}; pass training=True to use and update the "
-            f"batch statistics, training=False to use the running ones"
-        )
+    training = v.check_training(fn, training)
     x = _check_input(fn, x, allow_complex)
     v.check_min_rank(fn, x, 1, "..., channels", "pass at least a channel axis, e.g. x[None]")
     c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")
@@ -220,6 +215,7 @@ def setup(
 
 def _check_input(fn, x, allow_complex):
     """``x`` as an array: floating, or complex where ``allow_complex``."""
+    v.check_array(fn, "x", x)
     if jnp.issubdtype(jnp.result_type(x), jnp.complexfloating):
         if allow_complex:
             return jnp.asarray(x)

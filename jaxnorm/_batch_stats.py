@@ -36,6 +36,11 @@ class BatchStats(NamedTuple):
                 f"BatchStats.init: num_features must be a positive int, got "
                 f"{num_features!r}; pass the channel count, e.g. BatchStats.init(64)"
             )
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"BatchStats.init: dtype must be floating point, got {jnp.dtype(dtype)}; "
+                f"pass e.g. dtype=jnp.float32 (the default)"
+            )
         return cls(
             jnp.zeros((num_features,), dtype),
             jnp.ones((num_features,), dtype),
@@ -83,13 +88,28 @@ def resolve_momentum(fn: str, momentum, convention: str):
             f"{fn}: momentum must be a number in [0, 1], got {momentum!r}; pass e.g. momentum=0.99"
         )
     if isinstance(momentum, (numbers.Real, np.floating)):
-        if not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(
-                f"{fn}: momentum must lie in [0, 1], got momentum={momentum!r}; "
-                f"the Flax convention uses a decay such as 0.99, PyTorch's an update weight such as 0.1"
-            )
+        _check_momentum_range(fn, momentum, np.float64(momentum))
         momentum = float(momentum)
+    elif not isinstance(momentum, jax.core.Tracer):
+        # A concrete array (NumPy, jax.Array, also closed over under jit):
+        # checked like a number. Only traced values go unchecked.
+        values = np.asarray(momentum)
+        if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise TypeError(
+                f"{fn}: momentum must be a real number in [0, 1], got {momentum!r} of dtype "
+                f"{values.dtype}; pass e.g. momentum=0.99"
+            )
+        _check_momentum_range(fn, momentum, values)
     return (1 - momentum, momentum) if convention == "torch" else (momentum, 1 - momentum)
+
+
+def _check_momentum_range(fn: str, momentum, values) -> None:
+    """Raise ``ValueError`` unless every value lies in ``[0, 1]`` (NaN does not)."""
+    if not np.all((values >= 0.0) & (values <= 1.0)):
+        raise ValueError(
+            f"{fn}: momentum must lie in [0, 1], got momentum={momentum!r}; "
+            f"the Flax convention uses a decay such as 0.99, PyTorch's an update weight such as 0.1"
+        )
 
 
 def check_stats(fn: str, stats, channels: int, x_shape, *, allow_complex: bool = False) -> BatchStats:
@@ -106,6 +126,11 @@ def check_stats(fn: str, stats, channels: int, x_shape, *, allow_complex: bool =
     stats = BatchStats(*stats)
     for name in ("mean", "var"):
         value = getattr(stats, name)
+        if isinstance(value, (list, tuple)):
+            raise TypeError(
+                f"{fn}: stats.{name} must be an array, got a Python {type(value).__name__}; "
+                f"convert it first, e.g. jnp.asarray(stats.{name}), or use jaxnorm.BatchStats.init({channels})"
+            )
         shape = tuple(np.shape(value))
         if shape != (channels,):
             raise ValueError(

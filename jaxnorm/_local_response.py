@@ -18,7 +18,7 @@ from jaxnorm._stats import compute_dtype
 __all__ = ["local_response_norm"]
 
 
-def _check_number(fn, name, value, *, positive=False, example):
+def _check_number(fn, name, value, *, positive=False, nonnegative=False, example):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"{fn}: {name} must be a Python number, got {value!r} of type "
@@ -28,6 +28,8 @@ def _check_number(fn, name, value, *, positive=False, example):
     if not math.isfinite(value) or (positive and value <= 0):
         need = "a finite number > 0" if positive else "a finite number"
         raise ValueError(f"{fn}: {name} must be {need}, got {name}={value!r}; pass e.g. {name}={example}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{fn}: {name} must be >= 0, got {name}={value!r}; pass e.g. {name}={example}")
     return value
 
 
@@ -116,7 +118,7 @@ def local_response_norm(
     Args:
       x: floating array with a channel axis, e.g. ``(N, H, W, C)``.
       size: number of channels in the window, >= 1.
-      alpha: multiplicative factor (divided by ``size``).
+      alpha: multiplicative factor (divided by ``size``), >= 0.
       beta: exponent.
       k: additive constant, > 0 (the denominator must not vanish).
       channel_axis: the channel axis (default -1).
@@ -126,7 +128,7 @@ def local_response_norm(
 
     Raises:
       TypeError: integer inputs, non-number settings.
-      ValueError: ``size <= 0``, ``k <= 0``, non-finite settings, a scalar
+      ValueError: ``size <= 0``, ``k <= 0``, ``alpha < 0``, non-finite settings, a scalar
         input, channel_axis out of range.
     """
     fn = "local_response_norm"
@@ -134,7 +136,8 @@ def local_response_norm(
     v.check_min_rank(fn, x, 1, "..., channels", "pass at least a channel axis, e.g. x[None]")
     c_axis = v.canonical_axis(fn, channel_axis, x.ndim, x.shape, name="channel_axis")
     size = v.check_positive_int(fn, "size", size, example=5)
-    alpha = _check_number(fn, "alpha", alpha, example=1e-4)
+    # alpha < 0 would let the denominator reach 0 or go negative (NaN); k > 0 likewise.
+    alpha = _check_number(fn, "alpha", alpha, nonnegative=True, example=1e-4)
     beta = _check_number(fn, "beta", beta, example=0.75)
     k = _check_number(fn, "k", k, positive=True, example=1.0)
     xc = x.astype(compute_dtype(x.dtype))

@@ -19,18 +19,21 @@ import numpy as np
 __all__ = [
     "canonical_axes",
     "canonical_axis",
+    "check_array",
     "check_epsilon",
     "check_floating",
     "check_masked_output",
     "check_min_rank",
     "check_param",
     "check_positive_int",
+    "check_training",
     "check_where",
 ]
 
 
 def check_floating(fn: str, x) -> jax.Array:
     """Return ``x`` as an array, raising ``TypeError`` unless it is floating."""
+    check_array(fn, "x", x)
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
@@ -153,6 +156,7 @@ def check_param(fn: str, name: str, value, allowed: dict[str, tuple[int, ...]], 
     """
     if value is None:
         return None, None
+    check_array(fn, name, value)
     dtype = jnp.result_type(value)
     if not (jnp.issubdtype(dtype, jnp.floating) or allow_complex and jnp.issubdtype(dtype, jnp.complexfloating)):
         raise TypeError(
@@ -188,6 +192,7 @@ def check_where(fn: str, where, x_shape):
     """
     if where is None:
         return None
+    check_array(fn, "where", where)
     dtype = jnp.result_type(where)
     if dtype != jnp.bool_:
         raise TypeError(
@@ -210,6 +215,33 @@ def check_where(fn: str, where, x_shape):
     if len(shape) < len(x_shape):
         where = jnp.reshape(where, (1,) * (len(x_shape) - len(shape)) + shape)
     return where
+
+
+def check_array(fn: str, name: str, value) -> None:
+    """Raise ``TypeError`` for a Python list or tuple where an array is expected.
+
+    JAX refuses them too (they are ambiguous under its transformations), but
+    with a bare "Cannot determine dtype"; this names the function and the fix.
+    """
+    if isinstance(value, (list, tuple)):
+        raise TypeError(
+            f"{fn}: {name} must be an array, got a Python {type(value).__name__}; "
+            f"convert it first, e.g. {name}=jnp.asarray({name})"
+        )
+
+
+def check_training(fn: str, training) -> bool:
+    """Return ``training`` as a Python bool; a NumPy bool is accepted, nothing else.
+
+    It must be concrete: it selects the statistics at trace time.
+    """
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(
+            f"{fn}: training must be a Python bool, got {training!r} of type "
+            f"{type(training).__name__}; pass training=True to use and update the "
+            f"batch statistics, training=False to use the running ones"
+        )
+    return bool(training)
 
 
 MASKED_OUTPUTS = ("zero", "normalized")

@@ -25,6 +25,28 @@ jax.config.update("jax_enable_x64", True)
 if jax.default_backend() != "gpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Hypothesis profiles of the fuzz suite (tests/test_fuzz_*.py, tests/fuzz_strategies.py).
+# "ci" (the fuzz suite's default): derandomized (the same examples every run),
+# no example database, no shrinking, so that the whole fuzz run stays within
+# about a minute on 2 cores. "long" (HYPOTHESIS_PROFILE=long): random
+# examples, 10x as many, shrinking on, for a person to run by hand. The fuzz
+# tests take their settings from the selected profile
+# (fuzz_strategies.examples); the other hypothesis tests keep their own
+# settings unless HYPOTHESIS_PROFILE is set.
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
+
+_FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
+                HealthCheck.large_base_example]
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, print_blob=False,
+    phases=(Phase.explicit, Phase.generate), suppress_health_check=_FUZZ_HEALTH,
+)
+settings.register_profile(
+    "long", derandomize=False, deadline=None, print_blob=True, suppress_health_check=_FUZZ_HEALTH,
+)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+
 
 def pytest_configure(config):
     config.addinivalue_line(

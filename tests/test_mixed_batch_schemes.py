@@ -645,8 +645,7 @@ for _name in NAMES:
               id="batch_axis-float"),
         _case(_name, dict(training=1), TypeError,
               rf"^{_name}: training must be a Python bool, got 1 of type int", id="training=1"),
-        _case(_name, dict(training=np.True_), TypeError,
-              rf"^{_name}: training must be a Python bool", id="training-np.bool"),
+        # training=np.True_ is accepted (issue 23 item 6): tests/test_regressions_issue23.py.
         _case(_name, dict(training=None), TypeError,
               rf"^{_name}: training must be a Python bool, got None", id="training-None"),
         _case(_name, dict(axis_name="b"), ValueError,
