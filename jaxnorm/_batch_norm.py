@@ -48,7 +48,12 @@ def running_normalize(s: BatchSetup, mean, var, scale=None, bias=None, x=None, m
     dtype = compute_dtype(x.dtype)
     mean = s.channel_shaped(jnp.asarray(mean, jnp.promote_types(dtype, jnp.result_type(mean))))
     var = s.channel_shaped(jnp.asarray(var, _real_dtype(dtype)))
-    y = apply_affine((x.astype(mean.dtype) - mean) * inverse_std(var, s.epsilon), scale, bias)
+    c = x.astype(mean.dtype) - mean
+    if s.where is not None and masked_output == "zero":
+        # Selected before the affine map, so that a masked NaN never meets a
+        # zero cotangent in the parameters' gradients.
+        c = jnp.where(s.where, c, 0)
+    y = apply_affine(c * inverse_std(var, s.epsilon), scale, bias)
     if s.where is not None and masked_output == "zero":
         y = jnp.where(s.where, y, 0)
     return s.restore(y.astype(jnp.promote_types(x.dtype, y.dtype) if jnp.iscomplexobj(y) else x.dtype))

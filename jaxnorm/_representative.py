@@ -12,6 +12,7 @@ from jaxnorm import _validate as v
 from jaxnorm._batch_norm import fold_batch
 from jaxnorm._batch_setup import example_axes, setup
 from jaxnorm._batch_stats import DEFAULT_MOMENTUM, resolve_momentum
+from jaxnorm._collectives import all_gather
 from jaxnorm._remat import keep_statistics
 from jaxnorm._pooled import pooled_spec
 from jaxnorm._representative_core import rbn_affine
@@ -76,9 +77,8 @@ def representative_batch_norm(
     normalizes ``x'`` with them. The input is never modified (the reference
     code adds to it in place). Initial calibration values: see
     :class:`RBNCalibration`. ``x'`` is formed relative to one sample per
-    channel, so it stays exact at large means; across members
-    (``axis_name``) it is formed directly, which is exact at initialization
-    (``w_m = 0``) and otherwise rounds like the reference.
+    channel (across members, ``axis_name``, the first member's, gathered),
+    so it stays exact at large means.
 
     Args:
       x, scale, bias, stats, training, momentum, epsilon, channel_axis,
@@ -117,26 +117,25 @@ def representative_batch_norm(
     def rbn(x, scale, bias, w_m, w_v, b_v):
         dtype = compute_dtype(x.dtype)
         xc = x.astype(dtype)
+        # 16-bit calibration weights are used in the compute dtype (rounded once, at the output).
+        w_m, w_v, b_v = (w.astype(jnp.promote_types(w.dtype, dtype)) for w in (w_m, w_v, b_v))
         # x enters relative to an offset o (one sample per channel), which
         # keeps every term small at large means; x' is then relative to
-        # (1 + w_m)·o. Across members (axis_name) the offset must be common,
-        # so it is 0 there.
-        if axis_name is None:
-            offset = lax.stop_gradient(s.reduction.first(xc))
-            moved = (1 + w_m) * offset
-        else:
-            offset, moved = jnp.zeros((), dtype), None
+        # (1 + w_m)·o. Across members (axis_name) the offset must be common:
+        # member 0's sample, gathered (a (C,) collective).
+        offset = lax.stop_gradient(s.reduction.first(xc))
+        if axis_name is not None:
+            offset = all_gather(offset, axis_name, axis_index_groups)[0]
+        moved = (1 + w_m) * offset
         run_mean = run_var = None
         if not training:
-            run_mean = s.channel_shaped(s.stats.mean.astype(dtype))
-            run_mean = run_mean if moved is None else run_mean - moved
+            run_mean = s.channel_shaped(s.stats.mean.astype(dtype)) - moved
             run_var = s.channel_shaped(s.stats.var.astype(dtype))
         y, batch = rbn_affine(spec, xc, offset, scale, bias, w_m, w_v, b_v, run_mean, run_var)
         new = s.stats
         if training:
             mo = Moments(*batch)
-            if moved is not None:
-                mo = mo._replace(shift=mo.shift + moved)
+            mo = mo._replace(shift=mo.shift + moved)
             new = fold_batch(s, mo, weights=weights, convention=convention, fn=fn)
         return y.astype(x.dtype), new
 

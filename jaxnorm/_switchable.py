@@ -20,13 +20,13 @@ _SOURCES = ("instance", "layer", "batch")
 
 
 def _mixture(fn, name, logits, shape):
-    """softmax of ``(3,)`` logits (None: equal weights)."""
+    """softmax of ``(3,)`` logits (None: equal weights), in at least float32 (16-bit logits are promoted)."""
     if logits is None:
         return jnp.full((3,), 1 / 3)
     logits, _ = v.check_param(
         fn, name, logits, {"one logit per source (instance, layer, batch)": (3,)}, shape
     )
-    return jax.nn.softmax(logits)
+    return jax.nn.softmax(logits.astype(compute_dtype(logits.dtype)))
 
 
 def switchable_norm(

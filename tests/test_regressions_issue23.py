@@ -1,9 +1,7 @@
 """Regression tests for issue 23: every finding is a named test here.
 
-Items 2 and 6 (argument checks) are fixed in this branch. Items 1 and 5
-and the fuzz suite's findings in the statistics core are written as tests
-marked ``xfail(strict=True)``: they fail today, and turn into failures (an
-XPASS) the moment the fix lands, so the marker must then be removed.
+Items 1, 2, 5 and 6, and every finding of the differential fuzz suite
+(``tests/test_fuzz_*.py``): each test failed before its fix.
 
 The oracles are float64 NumPy formulas written here (or ``jaxnorm.reference``),
 never jaxnorm's own code.
@@ -227,7 +225,6 @@ def test_training_non_bool_still_refused(training):
 # eager here: 1e-7 to 2e-7).
 
 EXACT = 1e-6
-ITEM1 = pytest.mark.xfail(strict=True, reason="issue 23 item 1: fixed in the core by the lead")
 
 
 def _unit_spread(shape, mean, seed=0):
@@ -266,7 +263,6 @@ ITEM1_CASES = [
 ]
 
 
-@ITEM1
 @pytest.mark.parametrize("name, call, reference, shape, mshape, mean", ITEM1_CASES,
                          ids=[f"{c[0]}-{c[3]}-mask{c[4]}-mean{c[5]:g}" for c in ITEM1_CASES])
 def test_item1_jit_traced_broadcast_mask_is_exact(name, call, reference, shape, mshape, mean):
@@ -290,7 +286,6 @@ ITEM1_CONSTANT_CASES = [
 ]
 
 
-@ITEM1
 @pytest.mark.parametrize("name, call, reference, shape, mask", ITEM1_CONSTANT_CASES,
                          ids=[c[0] for c in ITEM1_CONSTANT_CASES])
 def test_item1_jit_constant_broadcast_mask_is_exact(name, call, reference, shape, mask):
@@ -307,7 +302,6 @@ def test_item1_jit_constant_broadcast_mask_is_exact(name, call, reference, shape
     assert _max_error(jax.jit(lambda x: call(x, mask))(x), want) <= EXACT
 
 
-@ITEM1
 def test_item1_jit_traced_broadcast_mask_gradient_is_exact():
     """Issue 23 item 1: the gradient of jitted instance_norm with a traced (1, H, 1) mask, at mean 1e4.
 
@@ -332,7 +326,6 @@ def test_item1_jit_traced_broadcast_mask_gradient_is_exact():
     assert _max_error(jax.jit(grad)(x, m), want) <= 1e-5 * scale
 
 
-@ITEM1
 def test_item1_linen_instance_norm_jit_with_mask_is_exact():
     """Issue 23 item 1 through jaxnorm.linen.InstanceNorm: jit(apply) with the mask as an argument."""
     from jaxnorm import linen as jnl
@@ -349,13 +342,8 @@ def test_item1_linen_instance_norm_jit_with_mask_is_exact():
 
 # ---------------------------------------------------------------- finding: batch_renorm with a mask under jit
 
-RENORM = pytest.mark.xfail(
-    strict=True,
-    reason="issue 23 fuzz finding: batch_renorm forms its shift correction d inexactly under jit when a "
-           "mask is given (constant, or traced and broadcast); to be fixed in jaxnorm/_batch_renorm.py by the lead")
 
 
-@RENORM
 @pytest.mark.parametrize("mshape, constant, mean", [
     ((1, 3, 6), True, 1e4),   # measured 2.5e-4
     ((1, 3, 6), True, 1e6),   # measured 1.1e-2
@@ -395,7 +383,6 @@ def test_batch_renorm_mask_under_jit_is_exact(mshape, constant, mean):
 
 # ---------------------------------------------------------------- item 5: epsilon = 0 on a constant set
 
-ITEM5 = pytest.mark.xfail(strict=True, reason="issue 23 item 5: fixed in the core by the lead")
 
 _SCALE = np.asarray([1.5, 2.0, 0.5], np.float32)
 _BIAS = np.asarray([0.5, -1.0, 2.0], np.float32)
@@ -427,7 +414,6 @@ _MASK = np.ones((2, 4, 3), bool)
 _MASK[0, 0, :] = False
 
 
-@ITEM5
 @pytest.mark.parametrize("name", ITEM5_CASES)
 def test_item5_epsilon_zero_constant_set_gives_bias_and_finite_gradients(name):
     """Issue 23 item 5: epsilon=0 where a set's variance is exactly 0 gives bias (flax/torch give NaN), eager and jit."""
@@ -445,11 +431,6 @@ def test_item5_epsilon_zero_constant_set_gives_bias_and_finite_gradients(name):
 
 # ---------------------------------------------------------------- finding: 16-bit parameters used in 16 bits
 
-LOW_PRECISION = pytest.mark.xfail(
-    strict=True,
-    reason="issue 23 fuzz finding: switchable_norm's logits and representative_batch_norm's calibration "
-           "weights are used in their own 16-bit dtype (softmax/sigmoid in float16/bfloat16), so the output "
-           "is off by more than its final rounding; fix in the cores (_switchable*/_representative*) by the lead")
 
 
 def _within_final_rounding(y, want, dtype):
@@ -459,7 +440,6 @@ def _within_final_rounding(y, want, dtype):
     return np.abs(y - want) <= u_out * np.abs(want) + 16 * 2.0**-24 * (1 + np.abs(want))
 
 
-@LOW_PRECISION
 def test_switchable_norm_float16_logits_round_once():
     """float16 input and logits, inference: measured error 8.6e-4 at y = 1.035 (half a unit there: 4.9e-4).
 
@@ -480,7 +460,6 @@ def test_switchable_norm_float16_logits_round_once():
     assert _within_final_rounding(call(ml, vl), want, jnp.float16).all()
 
 
-@LOW_PRECISION
 def test_representative_batch_norm_bfloat16_calibration_rounds_once():
     """bfloat16 input and calibration weights, training: measured error 5.2e-3 at y = 0.833 (half a unit: 2.0e-3)."""
     x = jnp.asarray([[0.0, 0.0], [0.5, 0.0]], jnp.bfloat16)
@@ -504,10 +483,6 @@ def test_representative_batch_norm_bfloat16_calibration_rounds_once():
 
 # ---------------------------------------------------------------- finding: RBN across members
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 23 fuzz finding: representative_batch_norm with axis_name forms x' = x + w_m·K(x) directly "
-    "(documented in its docstring), losing u·|mean|/σ against DESIGN.md's exactness contract; fix in "
-    "jaxnorm/_representative*.py by the lead"))
 @pytest.mark.parametrize("mean", [1e2, 1e4])  # measured under jit: 7.3e-6 and 5.6e-4 (whole batch: 2e-7, 1e-7)
 def test_representative_batch_norm_axis_name_is_exact(mean):
     """vmap(axis_name) over the batch must equal the whole-batch call, which is exact (float32, unit spread)."""
@@ -529,9 +504,6 @@ def test_representative_batch_norm_axis_name_is_exact(mean):
 
 # ---------------------------------------------------------------- finding: switchable_norm's logit gradient
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 23 fuzz finding: switchable_norm's derivative with respect to mean_logits is formed from the "
-    "rounded means, not the shifted ones; fix in jaxnorm/_switch_normalize.py by the lead"))
 @pytest.mark.parametrize("mean", [1e2, 1e4, 1e5])  # measured: 3.2e-5, 2.8e-3, 4.4e-2 on a gradient of 0.33
 def test_switchable_norm_mean_logits_gradient_is_exact(mean):
     """float32, unit spread: the gradient with respect to mean_logits against jaxnorm in float64.
@@ -561,10 +533,6 @@ def test_switchable_norm_mean_logits_gradient_is_exact(mean):
 
 # ---------------------------------------------------------------- finding: NaN under the mask in inference
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 23 fuzz finding: batch_norm/batch_renorm with training=False apply the affine map before the "
-    "masked entries are selected away, so NaN there makes the scale gradient NaN; fix in "
-    "jaxnorm/_batch_norm.py (running_normalize) by the lead"))
 @pytest.mark.parametrize("name", ["batch_norm", "batch_renorm"])
 def test_inference_mask_nan_entries_give_finite_gradients(name):
     """DESIGN.md: masked entries never influence anything, even holding NaN; training mode and the other schemes
