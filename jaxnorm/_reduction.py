@@ -29,12 +29,17 @@ def compute_dtype(dtype) -> jnp.dtype:
 def inverse_std(var, epsilon) -> jax.Array:
     """``rstd = 1/sqrt(var + ε)``, and 0 where ``var + ε`` is 0 (a constant set with ``ε = 0``).
 
-    With ``rstd = 0`` such a set's output is ``bias`` and every derivative is
-    finite (``x − μ`` is 0 there); the inner ``where`` keeps ``rsqrt`` and its
-    derivative away from 0. A negative rounding residue of the variance
-    counts as 0. A select on per-set values only.
+    ``var`` is never negative here (the moments are clamped or two-pass).
+    With ``ε > 0`` (a concrete setting, checked at trace time) this is the
+    plain ``rsqrt``: XLA fuses the per-set factor into the output pass and
+    recomputes it per entry, so a select there would cost on every entry.
+    With ``ε = 0`` a set of equal entries has ``var = 0``: ``rstd = 0`` makes
+    its output the bias with finite derivatives (``x − μ`` is 0 there); the
+    inner ``where`` keeps ``rsqrt`` and its derivative away from 0.
     """
-    v = jnp.maximum(var, 0) + epsilon
+    if isinstance(epsilon, (int, float)) and epsilon > 0:
+        return lax.rsqrt(var + epsilon)
+    v = var + epsilon
     positive = v > 0
     return jnp.where(positive, lax.rsqrt(jnp.where(positive, v, 1)), 0)
 
