@@ -4,7 +4,7 @@ jaxnorm's forward (LayerNorm, GroupNorm, InstanceNorm, BatchNorm) sums ``x``
 and ``x²`` per set, as flax.linen does, tests whether every set is well
 conditioned (``mean² <= 4·var``), and under ``lax.cond`` computes its
 output from those sums or from the exact shifted moments
-(:func:`jaxnorm._stats.on_conditioning`). This script compiles, per row,
+(:func:`jaxnorm._xla_cpu.on_conditioning`, the CPU program). This script compiles, per row,
 flax.linen's forward, jaxnorm's, and jaxnorm's with the test taken out
 (the well-conditioned branch alone, which is what runs on these inputs:
 measurement only, by swapping ``on_conditioning`` while compiling), counts
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxnorm._normalize
+import jaxnorm._xla_cpu
 from jaxnorm.bench.cases import batch_cases, batch_independent_cases
 from jaxnorm.bench.hlo_traffic import kernel_traffic
 from jaxnorm.bench.pieces import measure_rows, parse_row_args, report
@@ -41,19 +41,19 @@ ROW_SCHEMES = ("layer_norm", "rms_norm")  # the schemes timed on tokens×hidden 
 def without_conditioning_test():
     """Forward passes traced inside take the well-conditioned branch unconditionally (measurement only)."""
     def textbook_only(x, reduction, count, textbook, shifted):
-        total, keep = jaxnorm._stats._flat_sums(reduction, x.shape)
+        total, keep = jaxnorm._xla_cpu._flat_sums(reduction, x.shape)
         safe_count = jnp.maximum(count, 1)
         mean = total(x) / safe_count
         var = total(x * x) / safe_count - mean * mean
         return textbook(keep(mean), keep(var))
 
-    original = jaxnorm._normalize.on_conditioning
-    jaxnorm._normalize.on_conditioning = textbook_only
+    original = jaxnorm._xla_cpu.on_conditioning
+    jaxnorm._xla_cpu.on_conditioning = textbook_only
     jax.clear_caches()  # traces of the normalization are cached by function
     try:
         yield
     finally:
-        jaxnorm._normalize.on_conditioning = original
+        jaxnorm._xla_cpu.on_conditioning = original
         jax.clear_caches()
 
 

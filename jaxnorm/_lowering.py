@@ -117,7 +117,7 @@ def lower_per_platform(*args, cpu, accelerator):
         with tracing(ACCELERATOR):
             return accelerator(*args)
     leaves, in_tree = tree_util.tree_flatten(args)
-    if not any(isinstance(t, jax.core.Tracer) for t in leaves):
+    if isinstance(core.find_top_trace(leaves), _EAGER):  # not under jit or any transformation
         t = CPU if _eager_platforms(leaves) == {"cpu"} else ACCELERATOR
         with tracing(t):
             return (cpu if t == CPU else accelerator)(*args)
@@ -144,6 +144,9 @@ def _eager_platforms(leaves) -> set:
     platforms = {d.platform for t in leaves if isinstance(t, jax.Array) for d in t.devices()}
     return platforms or {jax.default_backend()}
 
+
+# The trace in effect outside jit and every transformation (eager evaluation).
+_EAGER = type(core.find_top_trace(()))
 
 _per_platform_p = core.Primitive("jaxnorm_per_platform")
 _per_platform_p.multiple_results = True

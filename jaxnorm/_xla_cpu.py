@@ -31,7 +31,7 @@ What XLA:CPU (jax 0.10) needs, and why:
   size instead.
 
 ``benchmarks/bench_norms.py`` measures what these buy on the CPU;
-``benchmarks/studies/xla_passes.py`` lists the fused kernels they lead to.
+``benchmarks/xla_passes.py`` lists the fused kernels they lead to.
 Uses :mod:`jaxnorm._lowering` (the target) and :mod:`jaxnorm._reduction`.
 """
 

@@ -283,6 +283,16 @@ def test_primitive_under_every_transformation():
     check_grads(_toy, (x,), order=2, modes=("fwd", "rev"), atol=5e-2, rtol=5e-2)
 
 
+def test_constant_inputs_inside_jit_still_lower_per_platform():
+    """Inside jit with only constants for arguments, the choice still waits for the lowering
+    (eager evaluation alone picks by where the data lives)."""
+    c = np.asarray(_x(mean=5.0, shape=(4, C)))
+    fn = lambda: jn.group_norm(c, num_groups=2)  # noqa: E731
+    cuda = export.export(jax.jit(fn), platforms=["cuda"])().mlir_module()
+    cpu = export.export(jax.jit(fn), platforms=["cpu"])().mlir_module()
+    assert "stablehlo.case" not in cuda and "stablehlo.case" in cpu
+
+
 def test_env_var_runs_the_accelerator_program_on_the_cpu():
     code = (
         "import jax, jax.numpy as jnp\n"
