@@ -116,7 +116,7 @@ class Reduction:
         if any(x.shape[a] == 0 for a in self.axes):
             return jnp.zeros(self._kept_shape(x.shape), x.dtype)
         for a in self.axes:
-            x = take_along(x, a, (0,))
+            x = take_along(x, a, 0)
         if self.group_axis is None:
             return x
         ax = self.group_axis
@@ -130,9 +130,9 @@ class Reduction:
 
         The entries at 0, 1/4, 1/2, 3/4 and the end of each set's entries in
         order (the summed axes in order, then a group's channels), each a
-        static slice of ``x`` (a handful of gathered entries, not a pass over
-        ``x``; for an explicitly sharded axis, an entry of each shard's
-        part). Fewer for sets of fewer than five entries.
+        static slice of ``x`` (a handful of entries, not a pass over ``x``;
+        on an explicitly sharded axis, see :func:`take_along`). Fewer for
+        sets of fewer than five entries.
 
         Args:
           x: the array.
@@ -162,12 +162,12 @@ class Reduction:
                 if t is None:
                     continue
                 for a, c in coords.items():
-                    t = take_along(t, a, (c if t.shape[a] > 1 else 0,))
+                    t = take_along(t, a, c if t.shape[a] > 1 else 0)
                 if self.group_axis is not None:
                     ga = self.group_axis
                     if t.shape[ga] > 1:
                         t = t.reshape(t.shape[:ga] + (self.num_groups, group_size) + t.shape[ga + 1 :])
-                        t = take_along(t, ga + 1, (within,)).reshape(t.shape[:ga] + (self.num_groups,) + t.shape[ga + 2 :])
+                        t = take_along(t, ga + 1, within).reshape(t.shape[:ga] + (self.num_groups,) + t.shape[ga + 2 :])
                 taken[k].append(jnp.broadcast_to(t, compact))
         values = jnp.stack(taken[0], axis=-1)
         return values, (None if where is None else jnp.stack(taken[1], axis=-1))
@@ -241,7 +241,16 @@ class Reduction:
                 index.append(channel - channel % group_size + within)
             else:
                 index.append(lax.broadcasted_iota(jnp.int32, kept, a))
-        value = x[tuple(index)]
+        spec = explicitly_sharded_axes(x)
+        if any(spec):
+            # Explicit sharding: the gathered entries are small and kept
+            # replicated along the reduced axes (XLA gathers each shard's
+            # own entries and combines them, without moving ``x``).
+            spec = spec + (None,) * (x.ndim - len(spec))
+            out = PartitionSpec(*(None if a in self.axes else spec[a] for a in range(x.ndim)))
+            value = x.at[tuple(index)].get(out_sharding=NamedSharding(jax.typeof(x).sharding.mesh, out))
+        else:
+            value = x[tuple(index)]
         return jnp.where(found, value, 0), found
 
     def _kept_shape(self, shape) -> tuple[int, ...]:
@@ -254,33 +263,31 @@ def explicitly_sharded_axes(x) -> tuple:
     return tuple(spec) if spec is not None else ()
 
 
-def take_along(x: jax.Array, axis: int, positions: tuple[int, ...]) -> jax.Array:
-    """The entries at ``positions`` along ``axis`` (static), also for explicitly sharded axes.
+def take_along(x: jax.Array, axis: int, position: int) -> jax.Array:
+    """The entry at static ``position`` along ``axis`` (kept, size 1), also for explicitly sharded axes.
 
     An axis sharded over D devices in the array's type (explicit sharding)
-    cannot be sliced directly: it is split as (D, n/D), each shard's entries
-    at the same relative positions kept, and that small array made
-    replicated along the axis.
+    cannot be sliced directly: it is split as (D, n/D), every shard's entry at
+    ``position``'s offset within its shard taken (one entry per device), that
+    small array made replicated along the axis, and the owning shard's entry
+    kept. Only D entries per set cross devices.
     """
     sharding = getattr(jax.typeof(x), "sharding", None)
     spec = getattr(sharding, "spec", None)
     names = spec[axis] if spec is not None and axis < len(spec) else None
     if names is None:
-        parts = [lax.slice_in_dim(x, p, p + 1, axis=axis) for p in positions]
-        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+        return lax.slice_in_dim(x, position, position + 1, axis=axis)
     names = names if isinstance(names, tuple) else (names,)
     shards = math.prod(sharding.mesh.shape[n] for n in names)
     shape = x.shape
     per_shard = shape[axis] // shards
-    local = tuple(sorted({min(p, per_shard - 1) for p in positions})) if len(positions) > 1 else (0,)
+    owner, offset = divmod(position, per_shard)
     heads = x.reshape(shape[:axis] + (shards, per_shard) + shape[axis + 1 :])
-    heads = jnp.concatenate([lax.slice_in_dim(heads, p, p + 1, axis=axis + 1) for p in local], axis=axis + 1)
+    heads = lax.slice_in_dim(heads, offset, offset + 1, axis=axis + 1)
     spec = tuple(spec) + (None,) * (x.ndim - len(spec))
     replicated = PartitionSpec(*(spec[:axis] + (None, None) + spec[axis + 1 :]))
     heads = jax.sharding.reshard(heads, NamedSharding(sharding.mesh, replicated))
-    if len(positions) == 1:
-        return lax.slice_in_dim(heads, 0, 1, axis=axis).reshape(shape[:axis] + (1,) + shape[axis + 1 :])
-    return heads.reshape(shape[:axis] + (shards * len(local),) + shape[axis + 1 :])
+    return lax.slice_in_dim(heads, owner, owner + 1, axis=axis).reshape(shape[:axis] + (1,) + shape[axis + 1 :])
 
 
 class Moments(NamedTuple):

@@ -334,7 +334,7 @@ def pool_moments(mo: Moments, axes: tuple[int, ...]) -> Moments:
     n, s, m, var = jnp.broadcast_arrays(mo.count, mo.shift, mo.mean_shifted, mo.var)
     s_ref = s
     for ax in axes:
-        s_ref = take_along(s_ref, ax, (0,))
+        s_ref = take_along(s_ref, ax, 0)
     return _named(_chan(n, s, m, n * var, lax.stop_gradient(s_ref), axes, keepdims=True))
 
 

@@ -348,3 +348,19 @@ def test_forward_and_backward_compile_to_one_gather_and_one_reduce():
     gathers = len(re.findall(r"all-gather(?:-start)?\(", compiled))
     reduces = len(re.findall(r"all-reduce(?:-start)?\(", compiled))
     assert gathers == 1 and reduces == 1, (gathers, reduces)
+
+
+def test_shift_samples_on_a_sharded_axis_are_the_unsharded_ones():
+    """The accelerator program's shift samples: the same entries whether or not the axis is sharded."""
+    from jaxnorm._reduction import Reduction
+
+    x = _data(24, (16, 3, 4))
+    where = np.random.default_rng(25).random(x.shape) < 0.7
+    r = Reduction(axes=(0, 1))
+    sharded = jax.jit(lambda x, w: r.samples(x, w))(_shard(x), _shard(where))
+    plain = r.samples(jnp.asarray(x), jnp.asarray(where))
+    for a, b in zip(sharded, plain):
+        np.testing.assert_array_equal(a, b)
+    first = jax.jit(r.first_selected)(_shard(x), _shard(where))
+    for a, b in zip(first, r.first_selected(jnp.asarray(x), jnp.asarray(where))):
+        np.testing.assert_array_equal(a, b)
