@@ -79,7 +79,7 @@ def group_norm(
       implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
         of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
         ValueError where they are unavailable or do not support the call),
-        or None: Triton on a GPU where installed and supported, else XLA.
+        or None (default): XLA everywhere (Triton is opt-in until checked on a GPU).
       masked_output: ``"zero"`` (default): masked entries output 0 (zero
         derivative); ``"normalized"``: they are normalized with the
         statistics of their set's selected entries, as flax's modules do.
@@ -132,7 +132,7 @@ def instance_norm(
       channel_axis: the channel axis (default -1, channels last).
       epsilon: added to the variance inside the square root.
       where: optional boolean mask, as in :func:`group_norm`.
-      implementation: None (automatic), ``"xla"``, or ``"triton"``, as in
+      implementation: None (XLA), ``"xla"``, or ``"triton"``, as in
         :func:`group_norm`.
       masked_output: ``"zero"`` (default) or ``"normalized"``, as in
         :func:`group_norm`.

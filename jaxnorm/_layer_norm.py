@@ -118,7 +118,7 @@ def layer_norm(
       implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
         of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
         ValueError where they are unavailable or do not support the call),
-        or None: Triton on a GPU where installed and supported, else XLA.
+        or None (default): XLA everywhere (Triton is opt-in until checked on a GPU).
       feature_axes: int or sequence of ints, the axes ``scale`` and ``bias``
         run along (flax's ``feature_axes``); None (default) means ``axis``.
         They may lie outside ``axis``: ``axis=1, feature_axes=2`` on a
@@ -177,7 +177,7 @@ def rms_norm(
       implementation: ``"xla"`` (pure JAX), ``"triton"`` (the GPU kernels
         of ``jaxnorm[triton]``; reverse-mode differentiation only; raises
         ValueError where they are unavailable or do not support the call),
-        or None: Triton on a GPU where installed and supported, else XLA.
+        or None (default): XLA everywhere (Triton is opt-in until checked on a GPU).
 
       feature_axes: the axes ``scale`` runs along, as in :func:`layer_norm`.
       masked_output: ``"zero"`` or ``"normalized"``, as in :func:`layer_norm`.
