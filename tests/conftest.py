@@ -6,24 +6,27 @@ the sharding tests need them, the rest are unaffected.
 """
 
 import os
-
 import shutil
+import tempfile
 
 _DEVICES = "--xla_force_host_platform_device_count=8"
 if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}".strip()
-_SUBPROCESS_XLA_FLAGS = os.environ["XLA_FLAGS"]
 
-# Compile faster on the CPU: the suite is mostly compilation (thousands of
-# small programs). LLVM's optimization level and XLA:CPU's choice of loop
-# emitters change how fast the machine code runs, not what it computes (no
-# fast-math either way), and not XLA's fusion decisions, which some tests
-# count; together they cut the suite's time by about 30%. Subprocesses that
-# tests start (`python -m jaxnorm`, the examples) get the default compiler.
-# JAXNORM_TEST_DEFAULT_COMPILER=1 keeps the defaults here too; never on a GPU.
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-if os.environ.get("JAXNORM_TEST_DEFAULT_COMPILER") != "1" and shutil.which("nvidia-smi") is None:
-    os.environ["XLA_FLAGS"] = f"{os.environ['XLA_FLAGS']} {_FAST_COMPILE}"
+# The suite is mostly XLA compilation (thousands of small programs), and many
+# tests compile the same program (a fresh lambda around the same function,
+# the same op on the same shape): one persistent compilation cache for the
+# session, shared by the pytest-xdist workers (they inherit this variable),
+# compiles each once. A fresh folder per run, so every run compiles from
+# scratch; set JAX_COMPILATION_CACHE_DIR to choose one. (Faster compiler
+# settings, LLVM -O0 or XLA:CPU's legacy emitters, were tried and refused:
+# they change float32 reduction rounding and the compiled programs.)
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="jaxnorm-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # Several test workers may share one GPU: allocate its memory on demand.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -38,7 +41,6 @@ jax.config.update("jax_enable_x64", True)
 # tensors; the variable must be set before triton is first imported.
 if jax.default_backend() != "gpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ["XLA_FLAGS"] = _SUBPROCESS_XLA_FLAGS  # read: the backends exist now
 
 # Hypothesis profiles of the fuzz suite (tests/test_fuzz_*.py, tests/fuzz_strategies.py).
 # "ci" (the fuzz suite's default): derandomized (the same examples every run),
@@ -61,6 +63,11 @@ settings.register_profile(
 )
 if os.environ.get("HYPOTHESIS_PROFILE"):
     settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:  # the process that made the folder (xdist's controller) removes it
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config):
