@@ -321,6 +321,14 @@ def _stats_update(mean, var, batch_mean, batch_var, count, *, convention, moment
     return new_mean, new_var, mag_mean, mag_var
 
 
+def _unpooled_update(mean, var, batch_mean, batch_var, n, *, convention, momentum, count):
+    """``_stats_update`` for biased batch statistics over ``n`` entries per channel (torch: unbiased)."""
+    if convention == "torch":
+        batch_var = batch_var * n / max(n - 1, 1)
+    return _stats_update(mean, var, batch_mean, batch_var, np.full(batch_var.shape, n), convention=convention,
+                         momentum=momentum, batches=None if count is None else count + 1)
+
+
 def batch_norm(x, scale, bias, mean, var, *, training, momentum=0.99, epsilon=1e-5, channel_axis=-1,
                where=None, virtual_batch_size=None, convention="flax", count=None):
     """Returns ``Ref`` with ``out = (y, new_mean, new_var)``; ``count`` the batches seen before (torch, None)."""
@@ -407,13 +415,10 @@ def representative_batch_norm(x, scale, bias, mean, var, *, center_weight, scale
         xhat = s.c / sigma
         kappa = s.kappa(epsilon) * (1 + np.abs(w_m))
         bm = ((1 + w_m) * anchor + s.mean).reshape(-1)
-        bv = s.var.reshape(-1)
-        n = s.n
-        if convention == "torch":
-            bv = bv * n / max(n - 1, 1)
-        nm, nv, mm, mv = _stats_update(mean, var, bm, bv, np.full(bm.shape, n), convention=convention,
-                                       momentum=momentum, batches=None if count is None else count + 1)
+        nm, nv, mm, mv = _unpooled_update(mean, var, bm, s.var.reshape(-1), s.n, convention=convention,
+                                          momentum=momentum, count=count)
         mv = mv * float(kappa.max())
+        n = s.n
     else:
         run_mean = _place(mean, x.ndim, (c,)) - (1 + w_m) * anchor
         sigma = np.sqrt(_place(var, x.ndim, (c,)) + epsilon)
@@ -449,13 +454,8 @@ def switchable_norm(x, scale, bias, mean, var, *, training, mean_logits=None, va
     if training:
         bn = _Set(x, None, everything)
         sets.append(bn)
-        bv = bn.var.reshape(-1)
-        n = bn.n
-        if convention == "torch":
-            bv = bv * n / max(n - 1, 1)
-        nm, nv, mm, mv = _stats_update(mean, var, bn.mean.reshape(-1), bv, np.full(bv.shape, n),
-                                       convention=convention, momentum=momentum,
-                                       batches=None if count is None else count + 1)
+        nm, nv, mm, mv = _unpooled_update(mean, var, bn.mean.reshape(-1), bn.var.reshape(-1), bn.n,
+                                          convention=convention, momentum=momentum, count=count)
         mv = mv * float(np.max(bn.kappa(epsilon)))
     else:
         nm, nv, mm, mv = mean, var, 0 * mean, 0 * var
@@ -494,15 +494,11 @@ def evonorm_b0(x, scale, bias, v, mean, var, *, training, momentum=0.99, epsilon
     if training:
         bn = _Set(x, None, everything)
         batch_var = bn.var
-        bv = bn.var.reshape(-1)
-        n = bn.n
-        if convention == "torch":
-            bv = bv * n / max(n - 1, 1)
-        nm, nv, mm, mv = _stats_update(mean, var, bn.mean.reshape(-1), bv, np.full(bv.shape, n),
-                                       convention=convention, momentum=momentum,
-                                       batches=None if count is None else count + 1)
+        nm, nv, mm, mv = _unpooled_update(mean, var, bn.mean.reshape(-1), bn.var.reshape(-1), bn.n,
+                                          convention=convention, momentum=momentum, count=count)
         kb = bn.kappa(epsilon)
         mv = mv * float(np.max(kb))
+        n = bn.n
     else:
         batch_var = _place(var, x.ndim, (c,))
         nm, nv, mm, mv = mean, var, 0 * mean, 0 * var
