@@ -114,7 +114,7 @@ class Reduction:
         Sets with no entries (an axis of size 0) get 0.
         """
         if any(x.shape[a] == 0 for a in self.axes):
-            return jnp.zeros(self._kept_shape(x.shape), x.dtype)
+            return jnp.zeros(self.kept_shape(x.shape), x.dtype)
         for a in self.axes:
             x = take_along(x, a, 0)
         if self.group_axis is None:
@@ -183,7 +183,7 @@ class Reduction:
 
     def _compact_shape(self, shape) -> tuple[int, ...]:
         """The statistics' keepdims shape with ``num_groups`` entries along the group axis."""
-        kept = list(self._kept_shape(shape))
+        kept = list(self.kept_shape(shape))
         if self.group_axis is not None:
             kept[self.group_axis] = self.num_groups
         return tuple(kept)
@@ -221,7 +221,7 @@ class Reduction:
         if size > 1:
             split = first.shape[:ga] + (self.num_groups, size) + first.shape[ga + 1 :]
             first = jnp.broadcast_to(jnp.min(first.reshape(split), ga + 1, keepdims=True), split).reshape(first.shape)
-        kept = self._kept_shape(shape)
+        kept = self.kept_shape(shape)
         first = jnp.broadcast_to(first, kept)
         found = first < extent
         rest = jnp.where(found, first, 0)
@@ -253,7 +253,8 @@ class Reduction:
             value = x[tuple(index)]
         return jnp.where(found, value, 0), found
 
-    def _kept_shape(self, shape) -> tuple[int, ...]:
+    def kept_shape(self, shape) -> tuple[int, ...]:
+        """The statistics' keepdims shape for an input of ``shape`` (size 1 along ``axes``)."""
         return tuple(1 if a in self.axes else n for a, n in enumerate(shape))
 
 

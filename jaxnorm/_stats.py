@@ -210,7 +210,7 @@ def one_pass_moments(reduction: Reduction, shifted: bool, x, where) -> Moments:
     if shifted:
         shift = sample_shift(x, reduction, where)
     else:
-        shift = jnp.zeros(reduction.first(x).shape, x.dtype)
+        shift = jnp.zeros(reduction.kept_shape(x.shape), x.dtype)
     d = x - shift
     if where is not None:
         d = jnp.where(where, d, 0)

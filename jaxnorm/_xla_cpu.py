@@ -249,7 +249,7 @@ def shifted_moments(x, reduction: Reduction, count, mask, shifted: bool, where=N
     """
     safe_count = jnp.maximum(count, 1)
     if not shifted:
-        shift = jnp.zeros(reduction.first(x).shape, x.dtype)
+        shift = jnp.zeros(reduction.kept_shape(x.shape), x.dtype)
     elif mask is None:
         shift = reduction.first(x)
     else:
