@@ -30,7 +30,7 @@ lasts >= 20 ms. The median (and min) over R repetitions is reported, and the
 implementations are interleaved (each repetition runs every implementation's
 batch in turn) so that drift hits all alike. Below 64 MB the calls rotate
 among several input buffers (256 MB in all), so that the data is not simply
-re-read from the 50 MB L2 cache. See ``jaxnorm/bench/gpu_timing.py``.
+re-read from the 50 MB L2 cache. See ``benchmarks/harness/gpu_timing.py``.
 
 Byte model (E elements of b bytes; per-channel terms ignored):
 forward 2·E·b (read x, write y); forward+backward 5·E·b (the forward's 2,
@@ -72,7 +72,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxnorm
-from jaxnorm.bench.gpu_timing import Timing, achieved, copy_bandwidth, ideal_bytes, interleaved_batches
+from harness.gpu_timing import Timing, achieved, copy_bandwidth, ideal_bytes, interleaved_batches
 from jaxnorm.bench.progress import Progress
 from jaxnorm.bench.table import write_json
 

@@ -17,7 +17,7 @@ with the machine and versions; runs on any JAX backend (CPU, GPU).
                                      [--losses linear,square] [--allocator steady] [--out PATH]
 
 ``--allocator steady`` restarts the script under glibc settings that keep
-fresh buffers from page-faulting (:mod:`jaxnorm.bench.allocator`), so that the
+fresh buffers from page-faulting (:mod:`harness.allocator`), so that the
 ratios compare the kernels and not the allocator's state; the default run is
 what a user's process gets. Its JSON goes to ``norms_<backend>_steady.json``.
 """
@@ -31,7 +31,7 @@ import jax
 
 from jaxnorm.bench import default_cases, run_cases
 from jaxnorm.bench.run import LOSSES
-from jaxnorm.bench.allocator import add_allocator_option, apply_allocator_option
+from harness.allocator import add_allocator_option, apply_allocator_option
 from jaxnorm.bench.table import SPEED_COLUMNS, SPEED_LEGEND, format_table, write_json
 
 # CNN activations (N, H, W, C), C from 64 to 1280, for every scheme;
@@ -90,7 +90,7 @@ EXACTNESS_COST_COLUMNS = [
 EXACTNESS_COST_LEGEND = (
     "Ratios to flax.linen of jaxnorm as shipped (on the CPU: textbook moments where every set has\n"
     "mean^2 <= 4 var, shifted ones otherwise: exact at any mean) and of the same code with\n"
-    "unshifted statistics E[x], E[(x - E[x])^2] everywhere (jaxnorm._stats.unshifted_statistics),\n"
+    "unshifted statistics E[x], E[(x - E[x])^2] everywhere (jaxnorm._core.moments.unshifted_statistics),\n"
     "timed in the same interleaved runs; err@1e4: relative L2 error at mean 1e4 against float64."
 )
 

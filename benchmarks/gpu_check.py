@@ -19,12 +19,12 @@ records what it had done and why it stopped:
                          kernels were imported from, whether jax_triton
                          imports, a tiny jit as smoke test. Always runs.
   tests      (150 / 120) pytest, one process, on the GPU-marked tests
-                         (tests/test_gpu_numerics.py: the XLA path against
+                         (tests/lowering/test_gpu_numerics.py: the XLA path against
                          float64 on the GPU, exactness at means 1e4 and 1e6
                          on five distributions, compiled GPU programs free of
                          control flow, the Triton kernels against the XLA
                          path, and the kernels launched from PyTorch CUDA
-                         tensors), then tests/test_triton_dispatch.py (the
+                         tensors), then tests/lowering/test_triton_dispatch.py (the
                          JAX binding: jit, grad, vmap) on the GPU. Counts per
                          file and the failures' first lines; a run cut off
                          by its budget keeps the counts of what finished.
@@ -131,9 +131,9 @@ SETTINGS = {
     "dry": {"reps": 2, "target_ms": 1.0, "copy_mib": 4, "pool_mb": 1, "batch": 4, "image": 8,
             "width": 8, "profiled_steps": 2},
 }
-# tests/test_exactness.py runs its functions eagerly, op by op: minutes on a GPU; add it with --tests.
-GPU_TEST_FILES = ("tests/test_gpu_numerics.py", "tests/test_triton_dispatch.py")
-DRY_TEST_FILES = ("tests/test_gpu_numerics.py",)
+# tests/core/test_exactness.py runs its functions eagerly, op by op: minutes on a GPU; add it with --tests.
+GPU_TEST_FILES = ("tests/lowering/test_gpu_numerics.py", "tests/lowering/test_triton_dispatch.py")
+DRY_TEST_FILES = ("tests/lowering/test_gpu_numerics.py",)
 KILL_GRACE_S = 5.0  # a stage process is killed this long after its budget
 MIN_STAGE_S = 5.0  # a stage with less time than this left is skipped
 
@@ -311,7 +311,7 @@ def child_env(args, paths: list[str]) -> dict:
     if args.dry_run:
         env["JAX_PLATFORMS"] = "cpu"
         # No Triton interpreter either: a dry run tests the check, not the kernels
-        # (tests/test_triton_dispatch.py runs them through the interpreter).
+        # (tests/lowering/test_triton_dispatch.py runs them through the interpreter).
         env.pop("TRITON_INTERPRET", None)
     return env
 
@@ -433,7 +433,7 @@ def stage_env(ctx: Context) -> dict:
     except Exception as e:  # noqa: BLE001
         result["versions"] = {"error": _first_line(e)}
     try:
-        from jaxnorm._implementation import kernels
+        from jaxnorm._lowering.triton_dispatch import kernels
 
         ops = kernels()
         result["triton_launcher"] = ops.launcher_available() if ops is not None else None
@@ -888,7 +888,7 @@ def stage_timings(ctx: Context) -> dict:
     import jax
 
     import bench_gpu_norms as bench
-    from jaxnorm.bench.gpu_timing import copy_bandwidth
+    from harness.gpu_timing import copy_bandwidth
 
     s = ctx.settings
     cases = bench.tiny_cases() if ctx.mode == "dry" else bench.anchor_cases()

@@ -2,22 +2,34 @@
 
 Pure functions that jit, vmap, differentiate in both modes and shard, with
 statistics that stay exact at any mean. ``import jaxnorm as jn``.
+
+Uses: jaxnorm._schemes (switchable), jaxnorm._schemes.batch (batch_norm,
+folding, renorm, representative, running_stats), jaxnorm._schemes.local
+(evonorm_b0, evonorm_s0, filter_response, local_response),
+jaxnorm._schemes.per_example (group_norm, layer_norm), jaxnorm._schemes.weight
+(spectral_norm, weight_norm, weight_standardize).
 """
 
-from jaxnorm._batch_norm import batch_norm
-from jaxnorm._batch_renorm import batch_renorm, batch_renorm_schedule
-from jaxnorm._batch_stats import BatchStats
-from jaxnorm._evonorm import evonorm_b0, evonorm_s0
-from jaxnorm._filter_response import filter_response_norm
-from jaxnorm._folding import fold_batch_norm
-from jaxnorm._group_norm import group_norm, instance_norm
-from jaxnorm._layer_norm import layer_norm, rms_norm
-from jaxnorm._local_response import local_response_norm
-from jaxnorm._representative import RBNCalibration, representative_batch_norm
-from jaxnorm._spectral_norm import spectral_norm, spectral_norm_init, spectral_norm_sigma
-from jaxnorm._switchable import switchable_norm
-from jaxnorm._weight_norm import weight_norm, weight_norm_init
-from jaxnorm._weight_standardize import weight_standardize
+# The BatchNorm family: statistics over the batch, running statistics.
+from jaxnorm._schemes.batch.batch_norm import batch_norm
+from jaxnorm._schemes.batch.folding import fold_batch_norm
+from jaxnorm._schemes.batch.renorm import batch_renorm, batch_renorm_schedule
+from jaxnorm._schemes.batch.representative import RBNCalibration, representative_batch_norm
+from jaxnorm._schemes.batch.running_stats import BatchStats
+# Per-example statistics over feature axes, spatial axes and channel groups.
+from jaxnorm._schemes.per_example.group_norm import group_norm, instance_norm
+from jaxnorm._schemes.per_example.layer_norm import layer_norm, rms_norm
+# Local and gated schemes: windows, per-channel responses, EvoNorm.
+from jaxnorm._schemes.local.evonorm_b0 import evonorm_b0
+from jaxnorm._schemes.local.evonorm_s0 import evonorm_s0
+from jaxnorm._schemes.local.filter_response import filter_response_norm
+from jaxnorm._schemes.local.local_response import local_response_norm
+# A learned mixture of IN, LN and BN statistics.
+from jaxnorm._schemes.switchable import switchable_norm
+# Weight reparametrizations: a kernel normalized, not an activation.
+from jaxnorm._schemes.weight.spectral_norm import spectral_norm, spectral_norm_init, spectral_norm_sigma
+from jaxnorm._schemes.weight.weight_norm import weight_norm, weight_norm_init
+from jaxnorm._schemes.weight.weight_standardize import weight_standardize
 
 __version__ = "0.1.0"
 

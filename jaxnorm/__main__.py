@@ -1,4 +1,7 @@
-"""``python -m jaxnorm``: check every scheme against float64 and time it next to Flax."""
+"""``python -m jaxnorm``: check every scheme against float64 and time it next to Flax.
+
+Uses: jaxnorm.bench (cases, run, table).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,8 @@ import sys
 
 import jax
 
-from jaxnorm.bench import default_cases, run_cases
-from jaxnorm.bench.cases import DEFAULT_SHAPE
-from jaxnorm.bench.run import flax_available
+from jaxnorm.bench.cases import DEFAULT_SHAPE, default_cases
+from jaxnorm.bench.run import flax_available, run_cases
 from jaxnorm.bench.table import LEGEND, format_table, write_json
 
 

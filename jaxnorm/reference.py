@@ -6,6 +6,8 @@ taken first and the variance about it second. They are the oracles of
 ``python -m jaxnorm`` and of the test suite. Arguments mirror the jaxnorm
 functions of the same name (parameters per channel or per example, masks
 whose False entries are left out and give 0); results are float64.
+
+Uses: no other jaxnorm module.
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ data, channel axis 1; kernels kept ``(out, in, ...)``, output features on
 axis 0).
 
 Arrays keep PyTorch's dtype (float64 needs ``jax_enable_x64``).
+
+Uses: jaxnorm.linen.
 """
 
 from __future__ import annotations

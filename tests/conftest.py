@@ -6,8 +6,14 @@ the sharding tests need them, the rest are unaffected.
 """
 
 import os
+import pathlib
 import shutil
+import sys
 import tempfile
+
+# benchmarks/harness/ (the measuring tools only the benchmark scripts use) is
+# imported as ``harness``, as those scripts do.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 
 _DEVICES = "--xla_force_host_platform_device_count=8"
 if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
@@ -34,6 +40,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+import implementations  # noqa: E402  (tests/implementations.py)
+
 # check_grads in float64 needs x64; every test states the dtypes it uses.
 jax.config.update("jax_enable_x64", True)
 
@@ -42,7 +50,7 @@ jax.config.update("jax_enable_x64", True)
 if jax.default_backend() != "gpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Hypothesis profiles of the fuzz suite (tests/test_fuzz_*.py, tests/fuzz_strategies.py).
+# Hypothesis profiles of the fuzz suite (tests/fuzz/test_fuzz_*.py, tests/fuzz_strategies.py).
 # "ci" (the fuzz suite's default): derandomized (the same examples every run),
 # no example database, no shrinking, so that the whole fuzz run stays within
 # about a minute on 2 cores. "long" (HYPOTHESIS_PROFILE=long): random
@@ -75,17 +83,45 @@ def pytest_configure(config):
         "markers", "gpu: needs an NVIDIA GPU (skipped elsewhere); benchmarks/gpu_check.py runs these on one")
 
 
+def _lower_for(implementation, monkeypatch):
+    """Put ``implementation``'s program in effect: read when a function is traced."""
+    if implementation.cpu_lowering is None:
+        monkeypatch.delenv("JAXNORM_CPU_LOWERING", raising=False)
+    else:
+        monkeypatch.setenv("JAXNORM_CPU_LOWERING", implementation.cpu_lowering)
+
+
 @pytest.fixture(params=["cpu", "accelerator"], ids=["cpu_program", "accelerator_program"])
 def program(request, monkeypatch):
-    """Run a test with each of jaxnorm's programs on this CPU.
+    """Run a test with each of jaxnorm's XLA programs on this CPU.
 
-    ``"cpu"``: the CPU's own (XLA:CPU steering, jaxnorm._xla_cpu);
+    ``"cpu"``: the CPU's own (XLA:CPU steering, jaxnorm._lowering.xla_cpu);
     ``"accelerator"``: the program XLA:GPU and XLA:TPU compile
     (``JAXNORM_CPU_LOWERING=accelerator``, read when a function is traced:
     jit a fresh function inside the test, not a module-level one).
     """
-    if request.param == "accelerator":
-        monkeypatch.setenv("JAXNORM_CPU_LOWERING", "accelerator")
-    else:
-        monkeypatch.delenv("JAXNORM_CPU_LOWERING", raising=False)
+    _lower_for(implementations.XLA if request.param == "cpu" else implementations.XLA_ACCELERATOR, monkeypatch)
     return request.param
+
+
+@pytest.fixture
+def implementation(request, monkeypatch):
+    """The implementation an ``OperationContract`` test runs (parametrized by pytest_generate_tests)."""
+    _lower_for(request.param, monkeypatch)
+    return request.param
+
+
+def pytest_generate_tests(metafunc):
+    """Pair each operation's cases with every implementation that supports what the test needs.
+
+    For the tests of ``tests/operation_contract.py``: a test class sets
+    ``cases``; a test marked with ``implementations.needs(...)`` is
+    generated only for the implementations with those capabilities.
+    """
+    if metafunc.cls is None or not {"case", "implementation"} <= set(metafunc.fixturenames):
+        return
+    required = getattr(metafunc.function, "needs", frozenset())
+    pairs = [pytest.param(case, impl, id=f"{case.name}-{impl.name}")
+             for case in metafunc.cls.cases for impl in implementations.available()
+             if impl.supports(case, required)]
+    metafunc.parametrize(("case", "implementation"), pairs, indirect=["implementation"])

@@ -1,6 +1,6 @@
 """Hypothesis strategies, switches and tolerances of the differential fuzz suite.
 
-See ``tests/test_fuzz_functions.py`` for the suite's design. This module holds
+See ``tests/fuzz/test_fuzz_functions.py`` for the suite's design. This module holds
 what the function and module suites share:
 
 * the **switches** for behaviour that is not in jaxnorm yet (flip one when its
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 # ---------------------------------------------------------------- switches
 # Each switch names a finding (or an issue) whose cases the suite generates.
 # All are on: every finding is fixed, with a named regression test in
-# tests/test_regressions_issue23.py. Setting one to False leaves those cases
+# tests/fuzz/test_regressions_issue23.py. Setting one to False leaves those cases
 # out (to isolate a new failure); ``FUZZ_ENABLE=NAME,NAME`` in the
 # environment turns switches on without editing this file.
 

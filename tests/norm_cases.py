@@ -2,7 +2,10 @@
 
 Each case pairs a jaxnorm call with the float64 NumPy reference of
 ``jaxnorm.reference`` (an independent two-pass transcription), both taking
-``(x, scale, bias, where)``.
+``(x, scale, bias, where)``; the jaxnorm call also takes the function's
+keyword arguments (``implementation=``, ``epsilon=``). ``op`` names the
+operation, so that ``tests/operation_contract.py`` runs each operation's
+cases against every implementation that supports them.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from jaxnorm import reference as ref
 @dataclasses.dataclass(frozen=True)
 class NormCase:
     name: str
-    fn: Callable          # (x, scale, bias, where) -> y, jaxnorm
+    op: str               # the jaxnorm function
+    fn: Callable          # (x, scale, bias, where, **kwargs) -> y, jaxnorm
     ref: Callable         # (x, scale, bias, where) -> y, float64 NumPy
     shape: tuple          # input shape
     param_shape: tuple    # per-channel / normalized-shape parameters
     example_param_shape: tuple  # per-example parameters
     has_bias: bool = True
+    triton: bool = True   # a call the Triton kernels take (trailing LayerNorm axes, channels first or last)
 
     def __str__(self):
         return self.name
@@ -32,31 +37,36 @@ class NormCase:
 
 def _ln(axis):
     return dict(
-        fn=lambda x, s, b, w: jn.layer_norm(x, s, b, axis=axis, where=w),
+        op="layer_norm",
+        fn=lambda x, s, b, w, **kw: jn.layer_norm(x, s, b, axis=axis, where=w, **kw),
         ref=lambda x, s, b, w: ref.layer_norm(x, s, b, axis=axis, where=w),
     )
 
 
 def _gn(groups, channel_axis):
     return dict(
-        fn=lambda x, s, b, w: jn.group_norm(x, s, b, num_groups=groups, channel_axis=channel_axis, where=w),
+        op="group_norm",
+        fn=lambda x, s, b, w, **kw: jn.group_norm(x, s, b, num_groups=groups, channel_axis=channel_axis, where=w,
+                                                  **kw),
         ref=lambda x, s, b, w: ref.group_norm(x, s, b, num_groups=groups, channel_axis=channel_axis, where=w),
     )
 
 
 def _in(channel_axis):
     return dict(
-        fn=lambda x, s, b, w: jn.instance_norm(x, s, b, channel_axis=channel_axis, where=w),
+        op="instance_norm",
+        fn=lambda x, s, b, w, **kw: jn.instance_norm(x, s, b, channel_axis=channel_axis, where=w, **kw),
         ref=lambda x, s, b, w: ref.instance_norm(x, s, b, channel_axis=channel_axis, where=w),
     )
 
 
 CASES = [
     NormCase("layer_norm", shape=(2, 3, 8), param_shape=(8,), example_param_shape=(2, 8), **_ln(-1)),
-    NormCase("layer_norm_axes_1_3", shape=(2, 3, 4, 5), param_shape=(3, 5), example_param_shape=(2, 3, 5), **_ln((1, 3))),
+    NormCase("layer_norm_axes_1_3", shape=(2, 3, 4, 5), param_shape=(3, 5), example_param_shape=(2, 3, 5), triton=False,
+             **_ln((1, 3))),
     NormCase(
-        "rms_norm", shape=(3, 2, 8), param_shape=(8,), example_param_shape=(3, 8), has_bias=False,
-        fn=lambda x, s, b, w: jn.rms_norm(x, s, where=w),
+        "rms_norm", op="rms_norm", shape=(3, 2, 8), param_shape=(8,), example_param_shape=(3, 8), has_bias=False,
+        fn=lambda x, s, b, w, **kw: jn.rms_norm(x, s, where=w, **kw),
         ref=lambda x, s, b, w: ref.rms_norm(x, s, where=w),
     ),
     NormCase("group_norm_nhwc", shape=(2, 3, 4, 6), param_shape=(6,), example_param_shape=(2, 6), **_gn(3, -1)),

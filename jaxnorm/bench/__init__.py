@@ -3,7 +3,10 @@
 It checks each scheme against its float64 reference and times it under
 ``jax.jit``, forward and forward+backward, next to flax.linen's equivalent
 module (when flax is installed), interleaving the runs in one process.
-Uses jaxnorm's public API only; flax is imported lazily.
+flax is imported lazily. The tools only the benchmark scripts use (the
+steady allocator, GPU timing) are in ``benchmarks/harness/``.
+
+Uses: jaxnorm.bench (cases, run).
 """
 
 from jaxnorm.bench.cases import Case, default_cases

@@ -1,4 +1,7 @@
-"""The schemes the harness checks and times, with their oracles and Flax twins."""
+"""The schemes the harness checks and times, with their oracles and Flax twins.
+
+Uses: jaxnorm, jaxnorm.bench (floor), jaxnorm.reference.
+"""
 
 from __future__ import annotations
 

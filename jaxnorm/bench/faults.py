@@ -6,6 +6,8 @@ them on free, so every call that allocates such a buffer page-faults once per
 4 KiB page as it first writes it, and the kernel zero-fills each page. At
 those sizes the faults, not the arithmetic, can set the time of a whole
 forward+backward; counting them tells the two apart.
+
+Uses: no other jaxnorm module.
 """
 
 from __future__ import annotations

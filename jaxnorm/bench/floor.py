@@ -2,7 +2,7 @@
 
 Whatever program computes the gradients of ``sum(norm(x)·g)`` with respect
 to ``x``, scale and bias, it must reduce, on a backend that gives every
-reduction its own kernel (XLA:CPU: ``benchmarks/shift_cost.py`` shows that
+reduction its own kernel (XLA:CPU: ``benchmarks/studies/shift_cost.py`` shows that
 asking for ``Σx`` and ``Σx²`` together still reads ``x`` twice):
 
 * the statistics: ``Σx`` and ``Σx²`` per set (RMSNorm: ``Σx²``);
@@ -21,6 +21,8 @@ shift, no statistics broadcast back), with small outputs. It leaves out the
 also runs, so it is less work than any program built from XLA's kernels;
 its time over flax.linen's estimates the lowest ratio jaxnorm can reach
 (an estimate: a kernel's speed can depend on what runs around it).
+
+Uses: no other jaxnorm module.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What a benchmark ran on: machine, backend, versions and date."""
+"""What a benchmark ran on: machine, backend, versions and date.
+
+Uses: no other jaxnorm module.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +38,6 @@ def machine_info() -> dict:
         "device_count": len(devices),
         "versions": {n: v for n in _PACKAGES if (v := _version(n)) is not None},
         # glibc's allocator settings: they decide whether fresh buffers page-fault
-        # (jaxnorm.bench.allocator); None is glibc's default.
+        # (harness.allocator); None is glibc's default.
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }

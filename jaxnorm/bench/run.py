@@ -1,4 +1,8 @@
-"""Checking and timing one case: errors against float64, jit timings, ratios."""
+"""Checking and timing one case: errors against float64, jit timings, ratios.
+
+Uses: jaxnorm._core (moments), jaxnorm.bench (cases, faults, hlo_traffic,
+memory, passes, progress, timing, traffic).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnorm._stats import unshifted_statistics
+from jaxnorm._core.moments import unshifted_statistics
 from jaxnorm.bench.cases import Case
 from jaxnorm.bench.faults import page_faults_per_call
 from jaxnorm.bench.hlo_traffic import compiled_traffic
@@ -128,7 +132,7 @@ def run_case(case: Case, *, repeats: int = 30, seed: int = 0, dtype=np.float32,
       mean: added to the timed input (unit spread). At 0 jaxnorm takes its
         fast textbook moments; far from 0 (e.g. 1e4) its shifted ones.
       unshifted: also time jaxnorm with textbook, unshifted statistics
-        (:func:`jaxnorm._stats.unshifted_statistics`; inexact at large
+        (:func:`jaxnorm._core.moments.unshifted_statistics`; inexact at large
         means) and report its ratios to Flax: what exactness costs.
       floor: also time the case's floor program (the bare reductions any
         forward+backward must run, :mod:`jaxnorm.bench.floor`) with the

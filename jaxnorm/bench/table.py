@@ -1,4 +1,7 @@
-"""Rendering result rows as a text table and as JSON."""
+"""Rendering result rows as a text table and as JSON.
+
+Uses: jaxnorm.bench (machine).
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ input's bytes); forward+backward, reading ``x`` and the cotangent and
 writing ``dx`` (3 ×; the per-set statistics and the parameters are small).
 Achieved rates are those bytes over the measured time, next to the rate of
 an elementwise pass ``y = x·a + b`` (read and write once) on the same array.
+
+Uses: no other jaxnorm module.
 """
 
 from __future__ import annotations

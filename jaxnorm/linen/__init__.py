@@ -7,6 +7,8 @@ the same fields and call arguments with the same defaults, so swapping
 ``from flax import linen as nn`` for ``from jaxnorm import linen`` at those
 names gives the same numbers (exact statistics included). Needs flax
 (``pip install 'jaxnorm[flax]'``).
+
+Uses: jaxnorm.linen (_batch, _per_example, _weights).
 """
 
 from jaxnorm.linen._batch import BatchNorm, BatchRenorm, EvoNormB0, RepresentativeBatchNorm, SwitchableNorm

@@ -1,4 +1,8 @@
-"""flax.linen modules for the BatchNorm family: running statistics in ``batch_stats``."""
+"""flax.linen modules for the BatchNorm family: running statistics in ``batch_stats``.
+
+Uses: jaxnorm, jaxnorm._schemes.batch (running_stats), jaxnorm.linen
+(_common).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from flax import linen as nn
 from flax.linen import initializers
 
 import jaxnorm as jn
-from jaxnorm._batch_stats import DEFAULT_MOMENTUM
+from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM
 from jaxnorm.linen._common import (
     affine_params,
     as_mask,

@@ -1,4 +1,7 @@
-"""What every jaxnorm.linen module shares: parameters, dtypes and the training flag."""
+"""What every jaxnorm.linen module shares: parameters, dtypes and the training flag.
+
+Uses: no other jaxnorm module.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""flax.linen modules for the batch-independent schemes: no running statistics."""
+"""flax.linen modules for the batch-independent schemes: no running statistics.
+
+Uses: jaxnorm, jaxnorm.linen (_common).
+"""
 
 from __future__ import annotations
 

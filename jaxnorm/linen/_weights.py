@@ -8,6 +8,8 @@ flax.linen carry over. ``StandardizedConv`` is ``nn.Conv`` convolving with a
 weight-standardized kernel. The normalization itself is jaxnorm's
 (:func:`jaxnorm.weight_norm`, :func:`jaxnorm.spectral_norm_sigma`,
 :func:`jaxnorm.weight_standardize`).
+
+Uses: jaxnorm.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ same variables, so swapping ``from flax import nnx`` for
 statistics included). ``model.train()`` / ``model.eval()`` and ``nnx.view``
 switch the BatchNorm family's ``use_running_average``. Needs flax
 (``pip install 'jaxnorm[flax]'``).
+
+Uses: jaxnorm.nnx (_batch, _per_example, _weights).
 """
 
 from jaxnorm.nnx._batch import (

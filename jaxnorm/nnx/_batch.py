@@ -1,4 +1,8 @@
-"""flax.nnx modules for the BatchNorm family: running statistics as ``nnx.BatchStat``."""
+"""flax.nnx modules for the BatchNorm family: running statistics as ``nnx.BatchStat``.
+
+Uses: jaxnorm, jaxnorm._schemes.batch (running_stats), jaxnorm.linen
+(_common), jaxnorm.nnx (_common).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from flax import nnx
 from flax.nnx import initializers
 
 import jaxnorm as jn
-from jaxnorm._batch_stats import DEFAULT_MOMENTUM
+from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM
 from jaxnorm.linen._common import as_mask
 from jaxnorm.nnx._common import (
     DEFAULT_PROMOTE,

@@ -2,6 +2,8 @@
 
 The dtype rule, the axis checks and the errors for ``axis_name`` come from
 :mod:`jaxnorm.linen._common`, so both front ends agree.
+
+Uses: jaxnorm.linen (_common).
 """
 
 from __future__ import annotations

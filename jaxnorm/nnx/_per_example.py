@@ -1,4 +1,7 @@
-"""flax.nnx modules for the batch-independent schemes: parameters only, no running statistics."""
+"""flax.nnx modules for the batch-independent schemes: parameters only, no running statistics.
+
+Uses: jaxnorm, jaxnorm.linen (_common, _per_example), jaxnorm.nnx (_common).
+"""
 
 from __future__ import annotations
 

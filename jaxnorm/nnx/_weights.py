@@ -20,6 +20,8 @@ stored parameter is always the raw one (as in jaxnorm.linen and
 flax.linen). The first call's outputs, updated ``u``/``sigma`` and
 gradients are the same as flax.nnx's; later ones differ where flax.nnx's
 in-place update has changed its parameter.
+
+Uses: jaxnorm, jaxnorm.linen (_weights).
 """
 
 from __future__ import annotations
