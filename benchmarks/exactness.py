@@ -23,8 +23,8 @@ import sys
 import jax
 import numpy as np
 
-import jaxnorm as jn
 from jaxnorm import reference
+import jaxnorm as jn
 from jaxnorm.bench.table import write_json
 
 # 1 and 1.9 lie inside jaxnorm's well-conditioned range (mean² <= 4·var: the

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-import jaxnorm as jn
 from jaxnorm import reference as ref
+import jaxnorm as jn
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import jaxnorm as jn  # noqa: E402
 from jaxnorm import reference as ref  # noqa: E402
+import jaxnorm as jn  # noqa: E402
 from jaxnorm.bench.table import write_json  # noqa: E402
 
 RNG = np.random.default_rng(0)

@@ -67,11 +67,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._lowering import xla_cpu
 from jaxnorm._core.collectives import all_gather
-from jaxnorm._lowering.per_platform import lower_per_platform
 from jaxnorm._core.reduction import Moments, Reduction, compute_dtype, take_along
 from jaxnorm._core.remat import statistic
+from jaxnorm._lowering import xla_cpu
+from jaxnorm._lowering.per_platform import lower_per_platform
 from jaxnorm._lowering.xla_cpu import unview, view
 
 __all__ = [

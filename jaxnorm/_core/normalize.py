@@ -47,11 +47,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._lowering import xla_cpu
-from jaxnorm._lowering.per_platform import lower_per_platform, requested
+from jaxnorm._core.moments import Reduction, compute_dtype, moments, shifted_default
 from jaxnorm._core.reduction import inverse_std
 from jaxnorm._core.remat import STATISTICS, statistic
-from jaxnorm._core.moments import Reduction, compute_dtype, moments, shifted_default
+from jaxnorm._lowering import xla_cpu
+from jaxnorm._lowering.per_platform import lower_per_platform, requested
 
 __all__ = ["NormSpec", "normalize", "normalize_with_stats"]
 

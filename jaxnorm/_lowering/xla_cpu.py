@@ -46,8 +46,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnorm._lowering.per_platform import CPU, target
 from jaxnorm._core.reduction import Moments, Reduction, explicitly_sharded_axes, inverse_std
+from jaxnorm._lowering.per_platform import CPU, target
 
 __all__ = [
     "WELL_CONDITIONED", "YNN_MIN_ELEMENTS", "conditioned_forward", "few_sets", "local_moments",

@@ -1,6 +1,6 @@
 """Switchable Normalization (Luo et al. 2019): a learned mixture of IN, LN and BN statistics.
 
-Switchable Normalization (Luo et al. 2019) mixes three sources ``k``::
+It mixes three sources ``k``::
 
     μ = Σ_k w_k μ_k,   σ² = Σ_k v_k σ²_k,   y = (x − μ)·r·γ + β,   r = (σ² + ε)^(−1/2)
 
@@ -38,17 +38,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._core import validate as check
-from jaxnorm._schemes.batch.batch_norm import fold_batch
-from jaxnorm._schemes.batch.batch_setup import example_axes, setup
-from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM, resolve_momentum
-from jaxnorm._lowering.per_platform import lower_per_platform
-from jaxnorm._schemes.batch.pooled_sets import PooledSpec, frozen, pooled_spec
+from jaxnorm._core.moments import Moments, Reduction, compute_dtype, moments, pool_sets, tangent_sums
 from jaxnorm._core.reduction import inverse_std
 from jaxnorm._core.remat import keep_statistics, statistic
-from jaxnorm._core.moments import Moments, Reduction, compute_dtype, moments, pool_sets, tangent_sums
+from jaxnorm._lowering.per_platform import lower_per_platform
 from jaxnorm._lowering.xla_cpu import unview, view
+from jaxnorm._schemes.batch.batch_norm import fold_batch
+from jaxnorm._schemes.batch.batch_setup import example_axes, setup
+from jaxnorm._schemes.batch.pooled_sets import PooledSpec, frozen, pooled_spec
+from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM, resolve_momentum
 
-__all__ = ['MixSpec', 'switch_normalize', 'switchable_norm']
+__all__ = ["MixSpec", "switch_normalize", "switchable_norm"]
 
 
 _SOURCES = ("instance", "layer", "batch")

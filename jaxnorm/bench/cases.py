@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-import jaxnorm
 from jaxnorm import reference
+import jaxnorm
 from jaxnorm.bench.floor import floor_program
 
 __all__ = [

@@ -97,8 +97,8 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-import jaxnorm as jn
 from jaxnorm import reference as jref
+import jaxnorm as jn
 
 F64 = np.float64
 

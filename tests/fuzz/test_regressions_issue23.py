@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxnorm as jn
 from jaxnorm import reference as jref
+import jaxnorm as jn
 
 C = 3
 X_SHAPE = (4, 5, C)

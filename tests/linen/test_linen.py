@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-import jaxnorm as jn
 from jaxnorm import linen as jnl
+import jaxnorm as jn
 
 F64 = {"param_dtype": jnp.float64}
 TOL = {"rtol": 1e-10, "atol": 1e-10}

@@ -26,9 +26,9 @@ from jax import export
 from jax.test_util import check_grads
 
 import jaxnorm as jn
+from jaxnorm._lowering.per_platform import ENV_VAR, lower_per_platform
 import jaxnorm.linen as jl
 import jaxnorm.nnx as jx
-from jaxnorm._lowering.per_platform import ENV_VAR, lower_per_platform
 
 ACCELERATORS = ["cuda", "rocm", "tpu"]
 CONTROL_FLOW = ("stablehlo.case", "stablehlo.if", "stablehlo.while")

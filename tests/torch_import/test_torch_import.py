@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-import jaxnorm as jn
 from jaxnorm import linen
+import jaxnorm as jn
 from jaxnorm.torch_import import (
     FromTorch,
     from_torch,

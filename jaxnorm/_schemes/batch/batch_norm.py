@@ -16,10 +16,10 @@ from jaxnorm._schemes.batch.running_stats import (
     resolve_momentum,
     update_stats,
 )
+from jaxnorm._core.moments import Moments, compute_dtype, moments
 from jaxnorm._core.normalize import NormSpec, normalize_with_stats
 from jaxnorm._core.params import apply_affine
 from jaxnorm._core.reduction import inverse_std
-from jaxnorm._core.moments import Moments, compute_dtype, moments
 
 __all__ = ["batch_moments", "batch_norm", "fold_batch", "pool_batch", "running_normalize"]
 

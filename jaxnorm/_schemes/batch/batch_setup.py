@@ -22,9 +22,9 @@ import numpy as np
 from jax import lax
 
 from jaxnorm._core import validate as check
-from jaxnorm._schemes.batch.running_stats import BatchStats, check_stats
-from jaxnorm._core.params import expand_to
 from jaxnorm._core.moments import Reduction
+from jaxnorm._core.params import expand_to
+from jaxnorm._schemes.batch.running_stats import BatchStats, check_stats
 
 __all__ = ["BatchSetup", "by_channel", "example_axes", "setup"]
 

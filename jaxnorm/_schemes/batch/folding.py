@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm._core import validate as check
-from jaxnorm._schemes.batch.running_stats import check_stats
 from jaxnorm._core.reduction import inverse_std
+from jaxnorm._schemes.batch.running_stats import check_stats
 
 __all__ = ["fold_batch_norm"]
 

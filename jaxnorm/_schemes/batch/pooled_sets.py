@@ -9,8 +9,8 @@ import dataclasses
 
 from jax import lax
 
-from jaxnorm._schemes.batch.batch_setup import BatchSetup
 from jaxnorm._core.moments import Reduction
+from jaxnorm._schemes.batch.batch_setup import BatchSetup
 
 __all__ = ["PooledSpec", "frozen", "pooled_spec"]
 

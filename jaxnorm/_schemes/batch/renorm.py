@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxnorm._core.moments import Moments, compute_dtype, moments
+from jaxnorm._core.remat import keep_statistics
 from jaxnorm._schemes.batch.batch_norm import batch_moments, running_normalize
 from jaxnorm._schemes.batch.batch_setup import by_channel, setup
 from jaxnorm._schemes.batch.running_stats import BatchStats, DEFAULT_MOMENTUM, resolve_momentum
-from jaxnorm._core.remat import keep_statistics
-from jaxnorm._core.moments import Moments, compute_dtype, moments
 
 __all__ = ["batch_renorm", "batch_renorm_schedule"]
 

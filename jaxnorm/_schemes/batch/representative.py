@@ -1,8 +1,7 @@
 """Representative BatchNorm (Gao et al. 2021): BatchNorm with feature calibration, as one affine map.
 
-Representative BatchNorm (Gao et al. 2021) calibrates, normalizes with the
-batch statistics, then calibrates again (``K`` the mean over one example's
-spatial axes)::
+It calibrates, normalizes with the batch statistics, then calibrates again
+(``K`` the mean over one example's spatial axes)::
 
     x' = x + w_m·K(x),   x̂ = (x' − μ_B)·r_B,   y = γ·σ(w_v·K(x̂) + b_v)·x̂ + β
 
@@ -38,22 +37,22 @@ import functools
 from typing import NamedTuple
 
 import jax
-from jax import lax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxnorm._core import validate as check
-from jaxnorm._schemes.batch.batch_norm import fold_batch
-from jaxnorm._schemes.batch.batch_setup import example_axes, setup
-from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM, resolve_momentum
 from jaxnorm._core.collectives import all_gather
-from jaxnorm._lowering.per_platform import lower_per_platform
-from jaxnorm._schemes.batch.pooled_sets import PooledSpec, frozen, pooled_spec
+from jaxnorm._core.moments import Moments, compute_dtype, moments, pool_sets, tangent_sums
 from jaxnorm._core.reduction import inverse_std
 from jaxnorm._core.remat import keep_statistics, statistic
-from jaxnorm._core.moments import Moments, compute_dtype, moments, pool_sets, tangent_sums
+from jaxnorm._lowering.per_platform import lower_per_platform
 from jaxnorm._lowering.xla_cpu import unview, view
+from jaxnorm._schemes.batch.batch_norm import fold_batch
+from jaxnorm._schemes.batch.batch_setup import example_axes, setup
+from jaxnorm._schemes.batch.pooled_sets import PooledSpec, frozen, pooled_spec
+from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM, resolve_momentum
 
-__all__ = ['RBNCalibration', 'rbn_affine', 'representative_batch_norm']
+__all__ = ["RBNCalibration", "rbn_affine", "representative_batch_norm"]
 
 
 class RBNCalibration(NamedTuple):

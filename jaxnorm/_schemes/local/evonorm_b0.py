@@ -1,7 +1,6 @@
 """EvoNorm-B0 (Liu et al. 2020): division by the larger of a batch and a per-example deviation.
 
-EvoNorm-B0 (Liu et al. 2020) divides by the larger of a batch and a
-per-example term::
+It divides by the larger of a batch and a per-example term::
 
     y = x / max(L, R) · γ + β,   L = sqrt(σ²_B + ε),   R = v·x + sqrt(σ²_I + ε)
 
@@ -40,16 +39,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._core import validate as check
+from jaxnorm._core.moments import Moments, compute_dtype, moments, pool_sets, tangent_sums
+from jaxnorm._core.remat import keep_statistics, statistic
+from jaxnorm._lowering.per_platform import lower_per_platform
+from jaxnorm._lowering.xla_cpu import unview, view
 from jaxnorm._schemes.batch.batch_norm import fold_batch
 from jaxnorm._schemes.batch.batch_setup import example_axes, setup
-from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM, resolve_momentum
-from jaxnorm._lowering.per_platform import lower_per_platform
 from jaxnorm._schemes.batch.pooled_sets import PooledSpec, frozen, pooled_spec
-from jaxnorm._core.remat import keep_statistics, statistic
-from jaxnorm._core.moments import Moments, compute_dtype, moments, pool_sets, tangent_sums
-from jaxnorm._lowering.xla_cpu import unview, view
+from jaxnorm._schemes.batch.running_stats import DEFAULT_MOMENTUM, resolve_momentum
 
-__all__ = ['b0_divide', 'evonorm_b0']
+__all__ = ["b0_divide", "evonorm_b0"]
 
 
 def evonorm_b0(

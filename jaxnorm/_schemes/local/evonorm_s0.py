@@ -1,6 +1,6 @@
 """EvoNorm-S0 (Liu et al. 2020): a sigmoid gate over the group standard deviation, batch-independent.
 
-EvoNorm-S0 (Liu et al. 2020) is ``y = z · γ + β`` with::
+It is ``y = z · γ + β`` with::
 
     z = x · σ(v·x) · r,   r = (var_G(x) + ε)^(−1/2)
 
@@ -34,15 +34,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._core import validate as check
-from jaxnorm._schemes.per_example.channel_setup import channel_setup
-from jaxnorm._lowering.per_platform import lower_per_platform
+from jaxnorm._core.moments import Reduction, compute_dtype, moments, tangent_sums
 from jaxnorm._core.params import apply_affine
 from jaxnorm._core.reduction import inverse_std
 from jaxnorm._core.remat import keep_statistics, statistic
-from jaxnorm._core.moments import Reduction, compute_dtype, moments, tangent_sums
+from jaxnorm._lowering.per_platform import lower_per_platform
 from jaxnorm._lowering.xla_cpu import unview, view
+from jaxnorm._schemes.per_example.channel_setup import channel_setup
 
-__all__ = ['evonorm_s0', 's0_gate']
+__all__ = ["evonorm_s0", "s0_gate"]
 
 
 def evonorm_s0(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxnorm._schemes.per_example.channel_setup import channel_setup
 from jaxnorm._core.normalize import NormSpec, normalize
 from jaxnorm._core.remat import keep_statistics
+from jaxnorm._schemes.per_example.channel_setup import channel_setup
 
 __all__ = ["filter_response_norm"]
 

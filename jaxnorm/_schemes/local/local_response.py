@@ -15,8 +15,8 @@ import numpy as np
 from jax import lax
 
 from jaxnorm._core import validate as check
-from jaxnorm._core.remat import keep_statistics
 from jaxnorm._core.moments import compute_dtype
+from jaxnorm._core.remat import keep_statistics
 
 __all__ = ["local_response_norm"]
 

@@ -15,8 +15,8 @@ import dataclasses
 import jax
 
 from jaxnorm._core import validate as check
-from jaxnorm._core.params import expand_to
 from jaxnorm._core.moments import Reduction
+from jaxnorm._core.params import expand_to
 
 __all__ = ["ChannelSetup", "channel_setup"]
 

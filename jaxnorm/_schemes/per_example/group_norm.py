@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax
 
 from jaxnorm._core import validate as check
-from jaxnorm._schemes.per_example.channel_setup import channel_setup
-from jaxnorm._lowering.triton_dispatch import kernels, resolve_implementation, triton_unsupported, use_triton
 from jaxnorm._core.normalize import NormSpec, normalize
+from jaxnorm._lowering.triton_dispatch import kernels, resolve_implementation, triton_unsupported, use_triton
+from jaxnorm._schemes.per_example.channel_setup import channel_setup
 
 __all__ = ["group_norm", "instance_norm"]
 

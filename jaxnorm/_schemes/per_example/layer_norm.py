@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxnorm._core import validate as check
-from jaxnorm._lowering.triton_dispatch import kernels, resolve_implementation, triton_unsupported, use_triton
+from jaxnorm._core.moments import Reduction
 from jaxnorm._core.normalize import NormSpec, normalize
 from jaxnorm._core.params import expand_to
-from jaxnorm._core.moments import Reduction
+from jaxnorm._lowering.triton_dispatch import kernels, resolve_implementation, triton_unsupported, use_triton
 
 __all__ = ["layer_norm", "rms_norm"]
 

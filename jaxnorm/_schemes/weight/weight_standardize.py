@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 
 from jaxnorm._core import validate as check
-from jaxnorm._core.normalize import NormSpec, normalize
 from jaxnorm._core.moments import Reduction
+from jaxnorm._core.normalize import NormSpec, normalize
 from jaxnorm._schemes.weight.weight_setup import check_weight
 
 __all__ = ["weight_standardize"]

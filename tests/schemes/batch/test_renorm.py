@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-import jaxnorm as jn
 from jaxnorm import reference
+import jaxnorm as jn
 
 STEPS = 4
 MOMENTUM = 0.9  # makes the running statistics move visibly within STEPS steps

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxnorm._schemes.local.evonorm_s0 import s0_gate
 from jaxnorm._core.moments import Reduction
+from jaxnorm._schemes.local.evonorm_s0 import s0_gate
 
 EPS = 1e-3
 REDUCTIONS = {

@@ -17,7 +17,6 @@ inputs, bfloat16, and the trace-time error contract.
 from __future__ import annotations
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
