@@ -1,4 +1,4 @@
-"""The batch-independent schemes in the layouts the tests sweep, with their oracles.
+"""LayerNorm, RMSNorm, GroupNorm, InstanceNorm and BatchNorm in the layouts the tests sweep, with their oracles.
 
 Each case pairs a jaxnorm call with the float64 NumPy reference of
 ``jaxnorm.reference`` (an independent two-pass transcription), both taking
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxnorm import reference as ref
@@ -60,6 +61,22 @@ def _in(channel_axis):
     )
 
 
+def _bn(channel_axis):
+    """BatchNorm in training, from fresh running statistics (the output only); no ``implementation=``."""
+
+    def fn(x, s, b, w, implementation=None, **kw):
+        assert implementation in (None, "xla"), "batch_norm has only the XLA implementation"
+        stats = jn.BatchStats.init(x.shape[channel_axis], jnp.promote_types(x.dtype, jnp.float32))
+        return jn.batch_norm(x, s, b, stats, training=True, channel_axis=channel_axis, where=w, **kw)[0]
+
+    def reference(x, s, b, w):
+        c = np.shape(x)[channel_axis]
+        return ref.batch_norm(x, s, b, np.zeros(c), np.ones(c), training=True, channel_axis=channel_axis,
+                              where=w)[0]
+
+    return dict(op="batch_norm", triton=False, fn=fn, ref=reference)
+
+
 CASES = [
     NormCase("layer_norm", shape=(2, 3, 8), param_shape=(8,), example_param_shape=(2, 8), **_ln(-1)),
     NormCase("layer_norm_axes_1_3", shape=(2, 3, 4, 5), param_shape=(3, 5), example_param_shape=(2, 3, 5), triton=False,
@@ -77,6 +94,8 @@ CASES = [
     NormCase("group_norm_one_per_set", shape=(3, 8), param_shape=(8,), example_param_shape=(3, 8), **_gn(8, -1)),
     NormCase("instance_norm_nhwc", shape=(2, 3, 4, 5), param_shape=(5,), example_param_shape=(2, 5), **_in(-1)),
     NormCase("instance_norm_ncw", shape=(2, 5, 7), param_shape=(5,), example_param_shape=(2, 5), **_in(1)),
+    NormCase("batch_norm_nhwc", shape=(4, 3, 2, 5), param_shape=(5,), example_param_shape=(4, 5), **_bn(-1)),
+    NormCase("batch_norm_nchw", shape=(3, 4, 2, 3), param_shape=(4,), example_param_shape=(3, 4), **_bn(1)),
 ]
 
 

@@ -1,7 +1,8 @@
 """The contract every implementation of an operation meets: one test base, run against each implementation.
 
 A test file per operation (``tests/schemes/per_example/test_layer_norm.py``,
-``test_rms_norm.py``, ``test_group_norm.py``, ``test_instance_norm.py``)
+``test_rms_norm.py``, ``test_group_norm.py``, ``test_instance_norm.py``;
+``tests/schemes/batch/test_batch_norm.py`` for BatchNorm in training)
 subclasses :class:`OperationContract` with the operation's cases from
 ``tests/norm_cases.py``; conftest.py's ``pytest_generate_tests`` runs each
 test of the base for every (case, implementation) pair the implementation

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from jax.test_util import check_grads
 
 import jaxnorm as jn
+from norm_cases import CASES
+from operation_contract import OperationContract
 
 EPS = 1e-5
 TOL64 = dict(rtol=1e-10, atol=1e-10)
@@ -780,3 +782,9 @@ def test_batch_stats_init():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=r"^BatchStats\.init: num_features must be a positive int"):
             jn.BatchStats.init(bad)
+
+
+class TestBatchNormContract(OperationContract):
+    """BatchNorm in training against the operation contract (tests/operation_contract.py): both XLA programs."""
+
+    cases = [c for c in CASES if c.op == "batch_norm"]
