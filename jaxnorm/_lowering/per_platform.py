@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -147,8 +148,22 @@ def _eager_platforms(leaves) -> set:
     return platforms or {jax.default_backend()}
 
 
-# The trace in effect outside jit and every transformation (eager evaluation).
-_EAGER = type(core.find_top_trace(()))
+def _eval_trace_type() -> type:
+    """The type of the trace in effect outside jit and every transformation (eager evaluation).
+
+    Read in a fresh thread, whose tracing context is always the eager one:
+    jaxnorm may be imported for the first time inside a traced function
+    (``jax.jit(lambda x: __import__("jaxnorm").batch_norm(...))``), where the
+    importing thread's current trace is jit's.
+    """
+    found = []
+    reader = threading.Thread(target=lambda: found.append(type(core.find_top_trace(()))))
+    reader.start()
+    reader.join()
+    return found[0]
+
+
+_EAGER = _eval_trace_type()
 
 _per_platform_p = core.Primitive("jaxnorm_per_platform")
 _per_platform_p.multiple_results = True

@@ -293,6 +293,24 @@ def test_constant_inputs_inside_jit_still_lower_per_platform():
     assert "stablehlo.case" not in cuda and "stablehlo.case" in cpu
 
 
+def test_first_import_inside_a_jit_trace():
+    """jaxnorm imported for the first time while jit traces: its eager check still tells a
+    traced call from an eager one (it read the importing thread's jit trace as "eager", and
+    every call under jit then asked a tracer for its devices)."""
+    code = (
+        "import jax, numpy as np\n"
+        "f = lambda x: __import__('jaxnorm').batch_norm(\n"
+        "    x, None, None, __import__('jaxnorm').BatchStats.init(4), training=True)[0]\n"
+        "x = np.arange(24, dtype=np.float32).reshape(6, 4)\n"
+        "y = jax.jit(f)(x)\n"
+        "print(y.shape, bool(abs(float(y.mean())) < 1e-5), bool(abs(float(y.std()) - 1) < 1e-3))\n"
+        "print(jax.jit(jax.grad(lambda x: (f(x) ** 3).sum()))(x).shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["(6, 4) True True", "(6, 4)"]
+
+
 def test_env_var_runs_the_accelerator_program_on_the_cpu():
     code = (
         "import jax, jax.numpy as jnp\n"
